@@ -1,0 +1,44 @@
+# Developer entry points. Every target that runs code creates/refreshes .venv first.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.stamp
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+# Extra pip arguments for the torch install, e.g. a CPU-only wheel index.
+TORCH_PIP_ARGS ?=
+
+# ROS 2 isolation for tests and the demo: discovery stays on this host, and each run
+# gets its own domain id (0-101 is the range that cannot collide with Linux ephemeral ports).
+ROS_ENV = ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_DOMAIN_ID=$${VPR_ROS_DOMAIN_ID:-$$((1 + RANDOM % 101))}
+
+.PHONY: venv test demo bench lint clean distclean
+
+venv: $(STAMP)
+
+$(STAMP): setup.py setup.cfg pyproject.toml
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install $(TORCH_PIP_ARGS) $(TORCH_PINS)
+	$(VPY) -m pip install -e '.[dev]'
+	touch $@
+
+test: venv
+	$(ROS_ENV) $(VPY) -m pytest test -q
+
+demo: venv
+	$(ROS_ENV) $(VPY) -m vpr_ros.demo
+
+bench: venv
+	$(VPY) bench/descriptor.py
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf build install log demo_out lightning_logs .pytest_cache .ruff_cache *.egg-info
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -print0 | xargs -0 rm -rf
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,144 @@
+"""DINOv2 ViT backbones (S/B/L/g, patch 14) on timm, laid out like the released checkpoints.
+
+The timm ``VisionTransformer`` provides the blocks, SDPA attention and MLPs. This file adds
+what DINOv2 checkpoints need on top: the (unused) ``mask_token`` so released files load
+strictly, the SwiGLU FFN of ViT-g under its original key names (``mlp.w12``/``mlp.w3``),
+the exact DINOv2 position-embedding resampling, and the SALAD/A²GC wrapper that returns the
+CLS token and the patch map after the final LayerNorm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from timm.layers import Mlp
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from vpr_ros.models.layers import resample_dinov2_pos_embed
+
+PATCH_SIZE = 14
+HEAD_DIM = 64  # every DINOv2 size uses 64-d heads: heads = width / 64
+
+
+@dataclass(frozen=True)
+class DinoV2Config:
+    """Architecture numbers of a DINOv2 ViT (the checkpoint supplies the weights)."""
+
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    ffn: Literal["mlp", "swiglu"] = "mlp"
+    img_size: int = 518  # pos_embed grid = img_size / 14 = 37
+    num_trainable_blocks: int = 4
+    norm_layer: bool = True
+
+
+DINOV2_ARCHS: dict[str, DinoV2Config] = {
+    "dinov2_vits14": DinoV2Config(embed_dim=384, depth=12, num_heads=6),
+    "dinov2_vitb14": DinoV2Config(embed_dim=768, depth=12, num_heads=12),
+    "dinov2_vitl14": DinoV2Config(embed_dim=1024, depth=24, num_heads=16),
+    "dinov2_vitg14": DinoV2Config(embed_dim=1536, depth=40, num_heads=24, ffn="swiglu"),
+}
+
+
+def dinov2_config(name: str, **overrides) -> DinoV2Config:
+    """Config of a named DINOv2 size; the error lists the known names."""
+    if name not in DINOV2_ARCHS:
+        raise ValueError(f"unknown DINOv2 backbone {name!r}; known: {', '.join(DINOV2_ARCHS)}")
+    return DinoV2Config(**{**DINOV2_ARCHS[name].__dict__, **overrides})
+
+
+class SwiGLUFFN(nn.Module):
+    """DINOv2's fused SwiGLU feed-forward (ViT-g), with the original parameter names."""
+
+    def __init__(self, in_features: int, hidden_features: int, bias: bool = True, **_: object) -> None:
+        super().__init__()
+        hidden = (int(hidden_features * 2 / 3) + 7) // 8 * 8
+        self.w12 = nn.Linear(in_features, 2 * hidden, bias=bias)
+        self.w3 = nn.Linear(hidden, in_features, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = self.w12(x).chunk(2, dim=-1)
+        return self.w3(F.silu(x1) * x2)
+
+
+class DinoVisionTransformer(VisionTransformer):
+    """timm ViT with DINOv2's key layout and DINOv2's position resampling."""
+
+    def __init__(self, cfg: DinoV2Config, init_weights: bool = True) -> None:
+        super().__init__(
+            img_size=cfg.img_size,
+            patch_size=PATCH_SIZE,
+            num_classes=0,
+            global_pool="token",
+            embed_dim=cfg.embed_dim,
+            depth=cfg.depth,
+            num_heads=cfg.num_heads,
+            mlp_ratio=4.0,
+            qkv_bias=True,
+            init_values=1.0,
+            dynamic_img_size=True,
+            norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            act_layer=nn.GELU,
+            mlp_layer=SwiGLUFFN if cfg.ffn == "swiglu" else Mlp,
+            weight_init="" if init_weights else "skip",
+        )
+        # Unused at inference, but part of every DINOv2 checkpoint.
+        self.mask_token = nn.Parameter(torch.zeros(1, cfg.embed_dim))
+
+    def prepare_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch-embed, prepend CLS, add the resampled position table: ``[B, 1 + h*w, C]``."""
+        _, _, height, width = images.shape
+        if height % PATCH_SIZE or width % PATCH_SIZE:
+            raise ValueError(
+                f"image sides must be multiples of {PATCH_SIZE}, got {height}x{width}; "
+                f"resize to e.g. {_nearest(height)}x{_nearest(width)}"
+            )
+        x = self.patch_embed(images)  # [B, h, w, C] (dynamic size => NHWC)
+        b, h, w, c = x.shape
+        x = torch.cat([self.cls_token.expand(b, -1, -1), x.reshape(b, h * w, c)], dim=1)
+        return x + resample_dinov2_pos_embed(self.pos_embed, (h, w)).to(x.dtype)
+
+
+def _nearest(side: int) -> int:
+    return max(PATCH_SIZE, round(side / PATCH_SIZE) * PATCH_SIZE)
+
+
+class DinoV2Backbone(nn.Module):
+    """Backbone wrapper used by SALAD and A²GC: ``images -> (patch map [B,C,h,w], CLS [B,C])``.
+
+    The first ``depth - num_trainable_blocks`` blocks (none if that is negative) run without
+    gradients, so they stay frozen during training; at inference this changes nothing.
+    """
+
+    def __init__(self, cfg: DinoV2Config, init_weights: bool = True) -> None:
+        super().__init__()
+        if cfg.num_trainable_blocks < 0:
+            raise ValueError(f"num_trainable_blocks must be >= 0, got {cfg.num_trainable_blocks}")
+        self.cfg = cfg
+        self.num_channels = cfg.embed_dim
+        self.model = DinoVisionTransformer(cfg, init_weights=init_weights)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the patch map ``[B, C, H/14, W/14]`` and the CLS token ``[B, C]``."""
+        b, _, height, width = images.shape
+        vit = self.model
+        frozen = max(0, len(vit.blocks) - self.cfg.num_trainable_blocks)
+        with torch.no_grad():
+            x = vit.prepare_tokens(images)
+            for block in vit.blocks[:frozen]:
+                x = block(x)
+        x = x.detach()
+        for block in vit.blocks[frozen:]:
+            x = block(x)
+        if self.cfg.norm_layer:
+            x = vit.norm(x)
+        h, w = height // PATCH_SIZE, width // PATCH_SIZE
+        token = x[:, 0]
+        feature_map = x[:, 1:].reshape(b, h, w, -1).permute(0, 3, 1, 2)
+        return feature_map, token

@@ -1,0 +1,280 @@
+"""Load released SALAD / A²GC checkpoints (and DINOv2 backbone weights) safely and strictly.
+
+Sizes are read from tensor shapes, never hard-coded per variant: width from ``cls_token``,
+depth from the block indices, heads = width / 64, FFN kind from ``mlp.w12``, position grid
+from ``pos_embed``; m, l, g from the aggregator heads; A²GC from ``cluster_geo``. What shapes
+cannot tell (trainable blocks, solver settings, geo lambda) comes from ``config``, which may be
+a reference ``config.json`` as written by the official code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import math
+import os
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vpr_ros.models.a2gc import A2GCConfig
+from vpr_ros.models.dinov2 import HEAD_DIM, PATCH_SIZE, DinoV2Config
+from vpr_ros.models.salad import SaladConfig
+from vpr_ros.models.vpr_model import ModelConfig, VPRModel
+
+StateDict = dict[str, torch.Tensor]
+Source = str | os.PathLike | Mapping[str, Any]
+
+BACKBONE_PREFIX = "backbone.model."
+AGG_PREFIX = "aggregator."
+
+
+class CheckpointError(ValueError):
+    """A file or state dict that is not a usable checkpoint for the requested model."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading files
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[StateDict, str]:
+    """Read a checkpoint file with ``weights_only=True``; return (flat state dict, sha256)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    data = path.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    if not data:
+        raise CheckpointError(f"{path} is empty (0 bytes): the download or copy did not finish")
+    if data[:4] == b"PK\x03\x04" and not _zip_complete(data):
+        raise CheckpointError(
+            f"{path} is truncated or corrupt ({len(data):,} bytes, zip archive incomplete); "
+            "download or copy it again"
+        )
+    if data[:4] != b"PK\x03\x04" and data[:1] != b"\x80":
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint (starts with {data[:8]!r}); expected a file written "
+            "by torch.save, e.g. dino_salad.ckpt"
+        )
+    try:
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path} holds Python objects besides tensors and is refused for safety (weights_only "
+            f"loading): {str(exc).splitlines()[0]}. Re-save only its state_dict."
+        ) from exc
+    except (RuntimeError, EOFError, ValueError) as exc:
+        raise CheckpointError(f"{path} is truncated or corrupt: {str(exc).splitlines()[0]}") from exc
+    return unwrap_state_dict(obj, str(path)), sha
+
+
+def _zip_complete(data: bytes) -> bool:
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            return zf.testzip() is None
+    except (zipfile.BadZipFile, EOFError, OSError):
+        return False
+
+
+def unwrap_state_dict(obj: Any, name: str = "checkpoint") -> StateDict:
+    """Accept a flat state dict or a Lightning checkpoint (``state_dict`` key)."""
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(f"{name} does not contain a state dict (got {type(obj).__name__})")
+    bad = [k for k, v in obj.items() if not isinstance(k, str) or not torch.is_tensor(v)]
+    if bad:
+        raise CheckpointError(f"{name} is not a state dict: non-tensor entries {bad[:5]}")
+    return dict(obj)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inferring the architecture
+
+
+def _shape(sd: StateDict, key: str) -> tuple[int, ...]:
+    if key not in sd:
+        raise CheckpointError(f"checkpoint lacks {key!r}")
+    return tuple(sd[key].shape)
+
+
+def infer_backbone_config(sd: StateDict, prefix: str = BACKBONE_PREFIX, **overrides: Any) -> DinoV2Config:
+    """DINOv2 sizes from a state dict whose ViT keys start with ``prefix``."""
+    width = _shape(sd, prefix + "cls_token")[-1]
+    patch = _shape(sd, prefix + "patch_embed.proj.weight")
+    if patch[-2:] != (PATCH_SIZE, PATCH_SIZE):
+        raise CheckpointError(f"patch size {patch[-2:]} is not DINOv2's {PATCH_SIZE}x{PATCH_SIZE}")
+    pattern = re.compile(re.escape(prefix) + r"blocks\.(\d+)\.")
+    indices = {int(m.group(1)) for k in sd if (m := pattern.match(k))}
+    if not indices or indices != set(range(len(indices))):
+        raise CheckpointError(f"checkpoint has no contiguous ViT blocks under {prefix}blocks.N (found {sorted(indices)[:5]})")
+    grid = math.isqrt(_shape(sd, prefix + "pos_embed")[1] - 1)
+    ffn = "swiglu" if f"{prefix}blocks.0.mlp.w12.weight" in sd else "mlp"
+    if width % HEAD_DIM:
+        raise CheckpointError(f"width {width} is not a multiple of DINOv2's head size {HEAD_DIM}")
+    cfg = DinoV2Config(
+        embed_dim=width, depth=len(indices), num_heads=width // HEAD_DIM, ffn=ffn, img_size=grid * PATCH_SIZE
+    )
+    return dataclasses.replace(cfg, **overrides)
+
+
+def infer_config(sd: StateDict, config: Mapping[str, Any] | None = None) -> ModelConfig:
+    """Build a ``ModelConfig`` from tensor shapes, completed (and checked) by ``config``."""
+    check_layout(sd)
+    opts = parse_config(config) if config else {"backbone": {}, "aggregator": {}}
+    backbone = infer_backbone_config(sd, **opts["backbone"])
+    width = backbone.embed_dim
+    agg = {
+        "num_channels": _shape(sd, AGG_PREFIX + "token_features.0.weight")[1],
+        "num_clusters": _shape(sd, AGG_PREFIX + "score.3.weight")[0],
+        "cluster_dim": _shape(sd, AGG_PREFIX + "cluster_features.3.weight")[0],
+        "token_dim": _shape(sd, AGG_PREFIX + "token_features.2.weight")[0],
+    }
+    is_a2gc = AGG_PREFIX + "cluster_geo" in sd
+    if is_a2gc:
+        agg["geo_dim"] = _shape(sd, AGG_PREFIX + "cluster_geo")[1]
+    user = dict(opts["aggregator"])
+    conflicts = [f"{k}: config {user[k]} vs checkpoint {v}" for k, v in agg.items() if k in user and user[k] != v]
+    if agg["num_channels"] != width:
+        conflicts.append(f"aggregator input width {agg['num_channels']} vs backbone width {width}")
+    if conflicts:
+        raise CheckpointError("config does not match the checkpoint's shapes: " + "; ".join(conflicts))
+    agg_cls = A2GCConfig if is_a2gc else SaladConfig
+    known = {f.name for f in dataclasses.fields(agg_cls)}
+    return ModelConfig(backbone, agg_cls(**{**{k: v for k, v in user.items() if k in known}, **agg}))
+
+
+def check_layout(sd: StateDict) -> None:
+    """Refuse state dicts that are not backbone.model.* + aggregator.* with a specific message."""
+    foreign = [k for k in sd if not k.startswith((BACKBONE_PREFIX, AGG_PREFIX))]
+    if not foreign:
+        if not any(k.startswith(AGG_PREFIX) for k in sd):
+            raise CheckpointError("checkpoint has a backbone but no aggregator.* keys")
+        return
+    if {"cls_token", "pos_embed", "patch_embed.proj.weight"} <= sd.keys():
+        raise CheckpointError(
+            "this is a DINOv2 backbone-only checkpoint (keys cls_token, blocks.N.*), not a SALAD/A²GC "
+            "model; use it to initialise training with vpr_ros.models.load_backbone_weights"
+        )
+    raise CheckpointError(
+        "not a SALAD/A²GC checkpoint: expected keys 'backbone.model.*' and 'aggregator.*'; "
+        f"first unexpected keys: {foreign[:5]}"
+    )
+
+
+# Reference constructor vocabulary -> our config fields.
+_AGG_RENAMES = {
+    "contrastive_ot_iters": "ot_iters",
+    "contrastive_ot_reg": "ot_reg",
+    "contrastive_ot_temp": "ot_temperature",
+}
+_AGG_FIELDS = {f.name for f in dataclasses.fields(A2GCConfig)} | {f.name for f in dataclasses.fields(SaladConfig)}
+_AGG_IGNORED = {"assignment_mode", "gumbel_tau", "hidden_width", "class"}
+
+
+def parse_config(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Read options from a reference ``config.json`` (SALAD or A²GC golden layout) or from a
+    plain ``{"backbone": {...}, "aggregator": {...}}`` / flat constructor-argument dict."""
+    bb: dict[str, Any] = {}
+    agg: dict[str, Any] = {}
+    if "aggregator" in config or "backbone" in config or "backbone_wrapper" in config:
+        a = config.get("aggregator", {})
+        agg.update(a.get("kwargs", a) if isinstance(a, Mapping) else {})
+        b = config.get("backbone", {})
+        b = b if isinstance(b, Mapping) else {}
+        bb.update(b.get("wrapper_kwargs", {}))
+        bb.update(config.get("backbone_wrapper", {}))
+        vit = b.get("vit_kwargs", config.get("vit_constructor", {}))
+        bb.update({k: vit[k] for k in ("embed_dim", "depth", "num_heads", "img_size") if k in vit})
+        if "ffn_layer" in vit:
+            bb["ffn"] = "swiglu" if "swiglu" in str(vit["ffn_layer"]) else "mlp"
+        bb.update({k: v for k, v in b.items() if k in {f.name for f in dataclasses.fields(DinoV2Config)}})
+    else:
+        agg.update(config)
+    agg = {_AGG_RENAMES.get(k, k): v for k, v in agg.items()}
+    if agg.get("assignment_mode", "asymmetric_ot") != "asymmetric_ot":
+        raise CheckpointError(f"assignment_mode {agg['assignment_mode']!r} is not implemented (only asymmetric_ot)")
+    if agg.pop("sinkhorn_reg", 1.0) != 1.0 or agg.get("hidden_width", 512) != 512:
+        raise CheckpointError("only sinkhorn_reg 1.0 and hidden_width 512 (the released settings) are supported")
+    unknown = set(agg) - _AGG_FIELDS - _AGG_IGNORED - {"sinkhorn_iters"}
+    if unknown:
+        raise CheckpointError(f"unknown aggregator options {sorted(unknown)}; known: {sorted(_AGG_FIELDS)}")
+    agg = {k: v for k, v in agg.items() if k not in _AGG_IGNORED}
+    if agg.get("dropout") is None and "dropout" in agg:
+        agg["dropout"] = 0.0
+    bb_fields = {f.name for f in dataclasses.fields(DinoV2Config)}
+    return {"backbone": {k: v for k, v in bb.items() if k in bb_fields}, "aggregator": agg}
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry points
+
+
+def load_model(
+    source: Source, config: Mapping[str, Any] | None = None, device: str | torch.device | None = None
+) -> VPRModel:
+    """Build a SALAD or A²GC model from a released checkpoint, strictly, in eval mode.
+
+    Args:
+        source: path to a flat state-dict file (released format) or a Lightning checkpoint, or
+            an in-memory state dict / Lightning dict.
+        config: optional options shapes cannot tell (e.g. ``geo_lambda``, solver settings,
+            ``num_trainable_blocks``); a reference ``config.json`` dict is accepted as is.
+        device: where to put the model (default: CPU).
+
+    Raises:
+        FileNotFoundError: missing file. CheckpointError (a ValueError): not a checkpoint,
+        truncated, foreign architecture, shapes that disagree with ``config``.
+    """
+    if isinstance(source, Mapping):
+        sd, sha = unwrap_state_dict(source, "state dict"), None
+    else:
+        sd, sha = read_checkpoint(source)
+    cfg = infer_config(sd, config)
+    with torch.device("meta"):
+        model = VPRModel(cfg, init_weights=False)
+    load_strict(model, sd)
+    model.checkpoint_sha256 = sha
+    return model.to(device or "cpu").eval()
+
+
+def load_strict(model: torch.nn.Module, sd: StateDict) -> None:
+    """``load_state_dict(strict=True)`` with a message that lists the first offending keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    wrong = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in own if k in sd and sd[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (first: {missing[:5]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (first: {unexpected[:5]})")
+        if wrong:
+            parts.append(f"{len(wrong)} with wrong shapes (first: {wrong[:3]})")
+        raise CheckpointError("checkpoint does not fit the model: " + "; ".join(parts))
+    model.load_state_dict(sd, strict=True, assign=True)
+
+
+def load_backbone_weights(model: VPRModel, source: str | os.PathLike | Mapping[str, Any]) -> VPRModel:
+    """Initialise ``model.backbone.model`` from official DINOv2 weights
+    (``dinov2_vitb14_pretrain.pth`` layout: ``cls_token``, ``blocks.N.*``, ``mask_token``...)."""
+    sd = unwrap_state_dict(source, "state dict") if isinstance(source, Mapping) else read_checkpoint(source)[0]
+    if any(k.startswith(BACKBONE_PREFIX) for k in sd):
+        sd = {k[len(BACKBONE_PREFIX):]: v for k, v in sd.items() if k.startswith(BACKBONE_PREFIX)}
+    got = infer_backbone_config(sd, prefix="")
+    want = model.cfg.backbone
+    if (got.embed_dim, got.depth, got.ffn) != (want.embed_dim, want.depth, want.ffn):
+        raise CheckpointError(
+            f"DINOv2 weights are width {got.embed_dim}, depth {got.depth}, {got.ffn} FFN; "
+            f"the model's backbone is width {want.embed_dim}, depth {want.depth}, {want.ffn} FFN"
+        )
+    load_strict(model.backbone.model, sd)
+    return model

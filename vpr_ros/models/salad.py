@@ -1,0 +1,98 @@
+"""SALAD aggregator (Izquierdo & Civera, CVPR 2024): optimal-transport assignment of DINOv2
+patch features to clusters plus a projected global token.
+
+Parameter names and Sequential indices follow the released checkpoints
+(``token_features.{0,2}``, ``cluster_features.{0,3}``, ``score.{0,3}``, ``dust_bin``).
+Shapes: B batch, C backbone width, m clusters, l cluster dim, g token dim, n = h*w patches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vpr_ros.models.layers import sinkhorn_log_plan
+
+HIDDEN = 512  # hidden width of the three heads, fixed in the released models
+
+
+@dataclass(frozen=True)
+class SaladConfig:
+    """SALAD sizes; released: m=64,l=128,g=256 (8448-d), 16/32/32 (544-d), m*l=2048,g=64 (2112-d)."""
+
+    num_channels: int = 768
+    num_clusters: int = 64
+    cluster_dim: int = 128
+    token_dim: int = 256
+    dropout: float = 0.3
+    sinkhorn_iters: int = 3
+
+    @property
+    def descriptor_dim(self) -> int:
+        return self.token_dim + self.num_clusters * self.cluster_dim
+
+
+def conv_head(in_ch: int, out_ch: int, dropout: float | nn.Module) -> nn.Sequential:
+    """1x1 conv -> dropout -> ReLU -> 1x1 conv (indices 0 and 3 hold the weights)."""
+    drop = dropout if isinstance(dropout, nn.Module) else _dropout(dropout)
+    return nn.Sequential(nn.Conv2d(in_ch, HIDDEN, 1), drop, nn.ReLU(), nn.Conv2d(HIDDEN, out_ch, 1))
+
+
+def _dropout(p: float | None) -> nn.Module:
+    return nn.Dropout(p) if p else nn.Identity()
+
+
+def token_head(in_ch: int, out_dim: int) -> nn.Sequential:
+    """Linear -> ReLU -> Linear for the global (CLS) token."""
+    return nn.Sequential(nn.Linear(in_ch, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, out_dim))
+
+
+def aggregate_descriptor(
+    local: torch.Tensor, plan: torch.Tensor, token: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pool local features by assignment and build the final descriptor.
+
+    Args:
+        local: ``[B, l, n]`` local features; plan: ``[B, m, n]`` assignment (no dustbin);
+        token: ``[B, g]`` projected global token.
+
+    Returns:
+        ``(descriptor [B, g + l*m], pooled [B, l, m])``. The cluster block is flattened
+        feature-major (index ``c*m + k``) after a per-cluster L2 norm, the token block comes
+        first, and the whole vector is L2-normalised.
+    """
+    pooled = torch.bmm(local, plan.transpose(1, 2))  # [B, l, m]
+    clusters = F.normalize(pooled, p=2, dim=1).flatten(1)
+    desc = torch.cat([F.normalize(token, p=2, dim=-1), clusters], dim=-1)
+    return F.normalize(desc, p=2, dim=-1), pooled
+
+
+class SALAD(nn.Module):
+    """SALAD aggregator: ``((feature_map [B,C,h,w], token [B,C])) -> descriptor [B, g + m*l]``."""
+
+    def __init__(self, cfg: SaladConfig = SaladConfig()) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.token_features = token_head(cfg.num_channels, cfg.token_dim)
+        self.cluster_features = conv_head(cfg.num_channels, cfg.cluster_dim, cfg.dropout)
+        self.score = conv_head(cfg.num_channels, cfg.num_clusters, cfg.dropout)
+        self.dust_bin = nn.Parameter(torch.tensor(1.0))
+
+    @property
+    def descriptor_dim(self) -> int:
+        return self.cfg.descriptor_dim
+
+    def log_assignment(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """Log transport plan with the dustbin row: ``[B, m + 1, n]``."""
+        scores = self.score(feature_map).flatten(2)
+        return sinkhorn_log_plan(scores, self.dust_bin, self.cfg.sinkhorn_iters)
+
+    def forward(self, x: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        feature_map, token = x
+        local = self.cluster_features(feature_map).flatten(2)
+        plan = self.log_assignment(feature_map)[:, :-1].exp()
+        descriptor, _ = aggregate_descriptor(local, plan, self.token_features(token))
+        return descriptor
