@@ -113,7 +113,9 @@ def infer_backbone_config(sd: StateDict, prefix: str = BACKBONE_PREFIX, **overri
     pattern = re.compile(re.escape(prefix) + r"blocks\.(\d+)\.")
     indices = {int(m.group(1)) for k in sd if (m := pattern.match(k))}
     if not indices or indices != set(range(len(indices))):
-        raise CheckpointError(f"checkpoint has no contiguous ViT blocks under {prefix}blocks.N (found {sorted(indices)[:5]})")
+        raise CheckpointError(
+            f"checkpoint has no contiguous ViT blocks under {prefix}blocks.N (found {sorted(indices)[:5]})"
+        )
     grid = math.isqrt(_shape(sd, prefix + "pos_embed")[1] - 1)
     ffn = "swiglu" if f"{prefix}blocks.0.mlp.w12.weight" in sd else "mlp"
     if width % HEAD_DIM:

@@ -33,9 +33,10 @@ class ModelSpec:
 _RELEASES = "https://github.com/serizba/salad/releases/download/v1.0.0/"
 
 
-def _salad(backbone: str, m: int, l: int, g: int) -> ModelConfig:
+def _salad(backbone: str, clusters: int, dim: int, token: int) -> ModelConfig:
     bb = dinov2_config(backbone)
-    return ModelConfig(bb, SaladConfig(num_channels=bb.embed_dim, num_clusters=m, cluster_dim=l, token_dim=g))
+    agg = SaladConfig(num_channels=bb.embed_dim, num_clusters=clusters, cluster_dim=dim, token_dim=token)
+    return ModelConfig(bb, agg)
 
 
 MODELS: dict[str, ModelSpec] = {
