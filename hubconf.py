@@ -1,35 +1,36 @@
 """torch.hub entry points, offline: ``torch.hub.load(repo_dir, "dinov2_salad", source="local",
 weights="dino_salad.ckpt")``. Weights are never downloaded; without ``weights`` the model is
-randomly initialised (for training from scratch or shape checks)."""
+randomly initialised (for training from scratch or shape checks). ``config`` takes the options
+shapes cannot tell, as for ``vpr_ros.models.load_model``."""
 
 from __future__ import annotations
 
 dependencies = ["torch", "torchvision", "timm"]
 
 
-def _build(name: str, weights: str | None, **config):
+def _build(name: str, weights: str | None, config: dict | None):
     from vpr_ros.models import create_model, load_model
 
     if weights is None:
         return create_model(name)
-    return load_model(weights, config=config or None)
+    return load_model(weights, config=config)
 
 
-def dinov2_salad(weights: str | None = None, **config):
+def dinov2_salad(weights: str | None = None, config: dict | None = None):
     """SALAD, DINOv2 ViT-B/14, m=64 l=128 g=256: 8448-d descriptors."""
-    return _build("dino_salad", weights, **config)
+    return _build("dino_salad", weights, config)
 
 
-def dinov2_salad_512_32(weights: str | None = None, **config):
+def dinov2_salad_512_32(weights: str | None = None, config: dict | None = None):
     """SALAD, DINOv2 ViT-B/14, m=16 l=32 g=32: 544-d descriptors."""
-    return _build("dino_salad_512_32", weights, **config)
+    return _build("dino_salad_512_32", weights, config)
 
 
-def dinov2_salad_2048_64(weights: str | None = None, **config):
+def dinov2_salad_2048_64(weights: str | None = None, config: dict | None = None):
     """SALAD, DINOv2 ViT-B/14, m*l=2048 g=64: 2112-d descriptors."""
-    return _build("dino_salad_2048_64", weights, **config)
+    return _build("dino_salad_2048_64", weights, config)
 
 
-def dinov2_a2gc(weights: str | None = None, **config):
+def dinov2_a2gc(weights: str | None = None, config: dict | None = None):
     """A²GC, DINOv2 ViT-B/14, m=64 l=128 g=256: 8448-d descriptors."""
-    return _build("a2gc_vitb14", weights, **config)
+    return _build("a2gc_vitb14", weights, config)

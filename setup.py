@@ -33,7 +33,7 @@ setup(
     python_requires=">=3.10",
     # training/ is run from the repository root (python -m training); it is not installed.
     packages=find_packages(exclude=["test", "test.*", "bench", "bench.*", "training", "training.*"]),
-    package_data={PACKAGE: ["data/scenes/*"]},
+    package_data={PACKAGE: ["data/scenes/*", "data/models/*"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -16,6 +17,8 @@ LOG = logging.getLogger("vpr_ros")
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     """Options shared by every subcommand that runs a model."""
     parser.add_argument("--checkpoint", required=True, type=Path, help="SALAD/A²GC checkpoint (.ckpt/.pt/.pth)")
+    parser.add_argument("--config", type=Path,
+                        help="JSON with options the checkpoint's shapes cannot tell (e.g. a reference config.json)")
     parser.add_argument("--image-size", nargs=2, type=int, default=(322, 322), metavar=("H", "W"),
                         help="input size, multiples of 14 (default: 322 322)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
@@ -27,7 +30,8 @@ def make_extractor(args: argparse.Namespace):
     from vpr_ros.extractor import DescriptorExtractor
     from vpr_ros.models import load_model
 
-    model = load_model(args.checkpoint)
+    config = json.loads(args.config.read_text()) if args.config else None
+    model = load_model(args.checkpoint, config=config)
     LOG.info("model %s from %s", model.cfg.describe(), args.checkpoint)
     return DescriptorExtractor(model, tuple(args.image_size), args.device, args.precision, args.batch_size)
 

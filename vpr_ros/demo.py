@@ -10,6 +10,7 @@ run the real thing.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import numpy as np
 DATA = Path(__file__).resolve().parent / "data"
 SCENES = DATA / "scenes"
 STAND_IN = DATA / "models" / "tiny_salad_untrained.pt"
+STAND_IN_CONFIG = DATA / "models" / "tiny_salad_untrained.json"  # 16-d heads: not inferable from shapes
 REVISIT_PAIRS = [("graf1", "graf3"), ("basketball1", "basketball2"), ("aloeL", "aloeR"),
                  ("Blender_Suzanne1", "Blender_Suzanne2")]
 
@@ -70,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
 
     files = sorted(SCENES.glob("*.jpg"))
     names = [f.stem for f in files]
-    model = load_model(args.checkpoint)
     stand_in = args.checkpoint.resolve() == STAND_IN
+    model = load_model(args.checkpoint, config=json.loads(STAND_IN_CONFIG.read_text()) if stand_in else None)
     print(f"model: {model.cfg.describe()}" + ("  [untrained stand-in: scores show the pipeline, not accuracy]"
                                                if stand_in else ""))
     extractor = DescriptorExtractor(model, tuple(args.image_size), batch_size=8)

@@ -134,9 +134,7 @@ def to_rgb(image: np.ndarray, color: ColorOrder = "rgb") -> np.ndarray:
         gray = image.reshape(image.shape[0], image.shape[1], 1)
         return np.ascontiguousarray(np.repeat(gray, 3, axis=2))
     if image.ndim != 3 or image.shape[2] not in (3, 4):
-        raise ValueError(
-            f"expected an image of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {image.shape}"
-        )
+        raise ValueError(f"expected an image of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {image.shape}")
     if color == "mono":
         raise ValueError(f"color='mono' but the image has {image.shape[2]} channels (shape {image.shape})")
     rgb = image[:, :, :3]
@@ -190,8 +188,7 @@ def _uint8_batch_chw(images: object) -> list[torch.Tensor]:
     if isinstance(images, torch.Tensor):
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(
-                "expected a uint8 tensor [B, H, W, 3] or [B, 3, H, W], "
-                f"got {images.dtype} {tuple(images.shape)}"
+                f"expected a uint8 tensor [B, H, W, 3] or [B, 3, H, W], got {images.dtype} {tuple(images.shape)}"
             )
         last, second = images.shape[-1] == 3, images.shape[1] == 3
         if last and second:
@@ -200,15 +197,11 @@ def _uint8_batch_chw(images: object) -> list[torch.Tensor]:
             return [images.permute(0, 3, 1, 2)]
         if second:
             return [images]
-        raise ValueError(
-            f"expected 3 channels in a [B, H, W, 3] or [B, 3, H, W] tensor, got {tuple(images.shape)}"
-        )
+        raise ValueError(f"expected 3 channels in a [B, H, W, 3] or [B, 3, H, W] tensor, got {tuple(images.shape)}")
     arrays = []
     for item in _as_sequence(images):
         if not isinstance(item, np.ndarray):
-            raise TypeError(
-                f"preprocess_fast takes uint8 numpy arrays or a uint8 tensor, got {type(item).__name__}"
-            )
+            raise TypeError(f"preprocess_fast takes uint8 numpy arrays or a uint8 tensor, got {type(item).__name__}")
         arrays.append(to_rgb(item, "rgb"))
     if all(a.shape == arrays[0].shape for a in arrays):  # common case: one transfer, one kernel
         return [torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)]

@@ -78,8 +78,8 @@ class VPRModel(nn.Module):
         if self.cfg.arch == "salad" and patches <= clusters:
             side = (int(clusters**0.5) + 1) * PATCH_SIZE
             raise ValueError(
-                f"a {h}x{w} image gives {patches} patches, but SALAD needs more than its "
-                f"{clusters} clusters; use at least {side}x{side}"
+                f"a {h}x{w} image gives {patches} patches, but SALAD needs more patches than "
+                f"clusters ({clusters}); use at least {side}x{side}"
             )
 
     def forward_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
