@@ -65,13 +65,20 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[StateDict, str]:
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{path} holds Python objects besides tensors and is refused for safety (weights_only "
-            f"loading): {str(exc).splitlines()[0]}. Re-save only its state_dict."
-        ) from exc
+        blocked = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if blocked:
+            raise CheckpointError(
+                f"{path} holds Python objects besides tensors ({blocked.group(1)}) and is refused for safety "
+                "(checkpoints are loaded with weights_only=True); re-save only its state_dict"
+            ) from exc
+        raise CheckpointError(f"{path} is truncated or corrupt (unreadable pickle data)") from exc
     except (RuntimeError, EOFError, ValueError) as exc:
-        raise CheckpointError(f"{path} is truncated or corrupt: {str(exc).splitlines()[0]}") from exc
+        raise CheckpointError(f"{path} is truncated or corrupt: {_first_line(exc)}") from exc
     return unwrap_state_dict(obj, str(path)), sha
+
+
+def _first_line(exc: Exception) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def _zip_complete(data: bytes) -> bool:
@@ -138,10 +145,11 @@ def infer_config(sd: StateDict, config: Mapping[str, Any] | None = None) -> Mode
         "cluster_dim": _shape(sd, AGG_PREFIX + "cluster_features.3.weight")[0],
         "token_dim": _shape(sd, AGG_PREFIX + "token_features.2.weight")[0],
     }
-    is_a2gc = AGG_PREFIX + "cluster_geo" in sd
-    if is_a2gc:
-        agg["geo_dim"] = _shape(sd, AGG_PREFIX + "cluster_geo")[1]
     user = dict(opts["aggregator"])
+    # A²GC without its geometric term has SALAD's keys: then only A²GC options in the config tell.
+    is_a2gc = AGG_PREFIX + "cluster_geo" in sd or bool(_A2GC_ONLY & user.keys())
+    if AGG_PREFIX + "cluster_geo" in sd:
+        agg["geo_dim"] = _shape(sd, AGG_PREFIX + "cluster_geo")[1]
     conflicts = [f"{k}: config {user[k]} vs checkpoint {v}" for k, v in agg.items() if k in user and user[k] != v]
     if agg["num_channels"] != width:
         conflicts.append(f"aggregator input width {agg['num_channels']} vs backbone width {width}")
@@ -177,6 +185,7 @@ _AGG_RENAMES = {
     "contrastive_ot_temp": "ot_temperature",
 }
 _AGG_FIELDS = {f.name for f in dataclasses.fields(A2GCConfig)} | {f.name for f in dataclasses.fields(SaladConfig)}
+_A2GC_ONLY = {f.name for f in dataclasses.fields(A2GCConfig)} - {f.name for f in dataclasses.fields(SaladConfig)}
 _AGG_IGNORED = {"assignment_mode", "gumbel_tau", "hidden_width", "class"}
 
 
@@ -239,6 +248,7 @@ def load_model(
     else:
         sd, sha = read_checkpoint(source)
     cfg = infer_config(sd, config)
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}  # fp16/bf16 files run in fp32
     with torch.device("meta"):
         model = VPRModel(cfg, init_weights=False)
     load_strict(model, sd)
