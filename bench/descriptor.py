@@ -33,14 +33,13 @@ def peak_rss_mib() -> float:
     return float("nan")
 
 
-def run(ext: DescriptorExtractor, batch: int, iters: int) -> tuple[float, float]:
-    """Median seconds per forward of ``batch`` images, and peak memory in MiB."""
-    x = torch.randn(batch, 3, *ext.image_size, device=ext.device)
+def run(ext: DescriptorExtractor, x: torch.Tensor, iters: int) -> tuple[float, float, torch.Tensor]:
+    """Median seconds per forward of the batch ``x``, peak memory in MiB, and the descriptors."""
     cuda = ext.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(ext.device)
     reset_peak_rss()
-    ext.forward(x)  # warm-up (and compilation)
+    desc, _ = ext.forward(x)  # warm-up (and compilation)
     times = []
     for _ in range(iters):
         if cuda:
@@ -51,7 +50,7 @@ def run(ext: DescriptorExtractor, batch: int, iters: int) -> tuple[float, float]
             torch.cuda.synchronize(ext.device)
         times.append(time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated(ext.device) / 2**20 if cuda else peak_rss_mib()
-    return statistics.median(times), peak
+    return statistics.median(times), peak, desc
 
 
 def main() -> None:
@@ -70,15 +69,22 @@ def main() -> None:
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"{args.model} ({model.descriptor_dim}-d) at {args.image_size[0]}x{args.image_size[1]} on {name}, "
           f"torch {torch.__version__}")
-    print(f"{'precision':>9} {'batch':>5} {'compile':>7} {'ms/img':>9} {'img/s':>8} {'peak MiB':>9}")
+    print(f"{'precision':>9} {'batch':>5} {'compile':>7} {'ms/img':>9} {'img/s':>8} {'peak MiB':>9} "
+          f"{'min cos vs fp32':>15}")
+    gen = torch.Generator().manual_seed(0)
+    inputs = {b: torch.randn(b, 3, *args.image_size, generator=gen).to(dev) for b in args.batch_sizes}
+    reference: dict[int, torch.Tensor] = {}
     for compiled in [False, True] if args.compile else [False]:
         for precision in args.precisions:
             ext = DescriptorExtractor(model, args.image_size, dev, precision, compile=compiled)
             for batch in args.batch_sizes:
                 iters = max(1, args.iters if batch < 64 or dev.type == "cuda" else 1)
-                sec, peak = run(ext, batch, iters)
+                sec, peak, desc = run(ext, inputs[batch], iters)
+                if precision == "fp32" and not compiled:
+                    reference[batch] = desc
+                cos = (desc * reference[batch]).sum(-1).min().item() if batch in reference else float("nan")
                 print(f"{precision:>9} {batch:>5} {str(compiled):>7} {1000 * sec / batch:9.1f} "
-                      f"{batch / sec:8.1f} {peak:9.0f}", flush=True)
+                      f"{batch / sec:8.1f} {peak:9.0f} {cos:15.6f}", flush=True)
 
 
 if __name__ == "__main__":
