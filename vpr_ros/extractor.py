@@ -15,9 +15,16 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from vpr_ros.models import VPRModel
-from vpr_ros.preprocess import DEFAULT_IMAGE_SIZE, check_image_size, preprocess_exact, preprocess_fast
+from vpr_ros.preprocess import (
+    DEFAULT_IMAGE_SIZE,
+    check_image_size,
+    load_image,
+    preprocess_exact,
+    preprocess_fast,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -33,6 +40,12 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but no CUDA GPU is available; use 'cpu' or 'auto'")
     return device
+
+
+def _to_array(image) -> np.ndarray:
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    return load_image(image)
 
 
 @dataclass
@@ -88,8 +101,9 @@ class DescriptorExtractor:
 
     def preprocess(self, images: Sequence) -> torch.Tensor:
         """Images (paths, RGB uint8 arrays, PIL images) -> normalised batch on the device."""
-        if self.resize == "fast" and all(isinstance(i, np.ndarray) for i in images):
-            return preprocess_fast(images, self.image_size, self.device)
+        if self.resize == "fast":
+            arrays = [i if isinstance(i, np.ndarray) else _to_array(i) for i in images]
+            return preprocess_fast(arrays, self.image_size, self.device)
         return preprocess_exact(images, self.image_size).to(self.device, non_blocking=True)
 
     @torch.inference_mode()

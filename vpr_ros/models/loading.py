@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import math
 import os
 import pickle
@@ -31,6 +30,7 @@ from vpr_ros.models.vpr_model import ModelConfig, VPRModel
 StateDict = dict[str, torch.Tensor]
 Source = str | os.PathLike | Mapping[str, Any]
 
+ZIP_MAGIC = b"PK\x03\x04"
 BACKBONE_PREFIX = "backbone.model."
 AGG_PREFIX = "aggregator."
 
@@ -44,26 +44,33 @@ class CheckpointError(ValueError):
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[StateDict, str]:
-    """Read a checkpoint file with ``weights_only=True``; return (flat state dict, sha256)."""
+    """Read a checkpoint file with ``weights_only=True``; return (flat state dict, sha256).
+
+    Zip-format files (everything torch.save writes since 1.6) are CRC-checked first, so a
+    truncated or damaged download is refused instead of yielding wrong weights, and are then
+    memory-mapped rather than copied into memory.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    data = path.read_bytes()
-    sha = hashlib.sha256(data).hexdigest()
-    if not data:
+    size = path.stat().st_size
+    if size == 0:
         raise CheckpointError(f"{path} is empty (0 bytes): the download or copy did not finish")
-    if data[:4] == b"PK\x03\x04" and not _zip_complete(data):
+    with path.open("rb") as f:
+        head = f.read(8)
+    is_zip = head[:4] == ZIP_MAGIC
+    if not is_zip and head[:1] != b"\x80":
         raise CheckpointError(
-            f"{path} is truncated or corrupt ({len(data):,} bytes, zip archive incomplete); "
-            "download or copy it again"
-        )
-    if data[:4] != b"PK\x03\x04" and data[:1] != b"\x80":
-        raise CheckpointError(
-            f"{path} is not a PyTorch checkpoint (starts with {data[:8]!r}); expected a file written "
+            f"{path} is not a PyTorch checkpoint (starts with {head!r}); expected a file written "
             "by torch.save, e.g. dino_salad.ckpt"
         )
+    if is_zip and not _zip_intact(path):
+        raise CheckpointError(
+            f"{path} is truncated or corrupt ({size:,} bytes, zip archive incomplete or failing its "
+            "checksums); download or copy it again"
+        )
     try:
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as exc:
         blocked = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
         if blocked:
@@ -74,16 +81,25 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[StateDict, str]:
         raise CheckpointError(f"{path} is truncated or corrupt (unreadable pickle data)") from exc
     except (RuntimeError, EOFError, ValueError) as exc:
         raise CheckpointError(f"{path} is truncated or corrupt: {_first_line(exc)}") from exc
-    return unwrap_state_dict(obj, str(path)), sha
+    return unwrap_state_dict(obj, str(path)), file_sha256(path)
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, streamed (checkpoints can be several GB)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _first_line(exc: Exception) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()[0] if str(exc) else type(exc).__name__
 
 
-def _zip_complete(data: bytes) -> bool:
+def _zip_intact(path: Path) -> bool:
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        with zipfile.ZipFile(path) as zf:
             return zf.testzip() is None
     except (zipfile.BadZipFile, EOFError, OSError):
         return False
@@ -130,6 +146,10 @@ def infer_backbone_config(sd: StateDict, prefix: str = BACKBONE_PREFIX, **overri
     cfg = DinoV2Config(
         embed_dim=width, depth=len(indices), num_heads=width // HEAD_DIM, ffn=ffn, img_size=grid * PATCH_SIZE
     )
+    conflicts = [f"{k}: config {v} vs checkpoint {getattr(cfg, k)}" for k, v in overrides.items()
+                 if k in ("embed_dim", "depth", "ffn", "img_size") and v != getattr(cfg, k)]
+    if conflicts:
+        raise CheckpointError("config does not match the checkpoint's shapes: " + "; ".join(conflicts))
     return dataclasses.replace(cfg, **overrides)
 
 
@@ -273,6 +293,9 @@ def load_strict(model: torch.nn.Module, sd: StateDict) -> None:
             parts.append(f"{len(wrong)} with wrong shapes (first: {wrong[:3]})")
         raise CheckpointError("checkpoint does not fit the model: " + "; ".join(parts))
     model.load_state_dict(sd, strict=True, assign=True)
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:  # a tensor the checkpoint format does not carry would stay unallocated
+        raise RuntimeError(f"model tensors not set by the checkpoint: {left[:5]}")
 
 
 def load_backbone_weights(model: VPRModel, source: str | os.PathLike | Mapping[str, Any]) -> VPRModel:
