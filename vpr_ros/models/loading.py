@@ -233,7 +233,7 @@ def parse_config(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         raise CheckpointError(f"assignment_mode {agg['assignment_mode']!r} is not implemented (only asymmetric_ot)")
     if agg.pop("sinkhorn_reg", 1.0) != 1.0 or agg.get("hidden_width", 512) != 512:
         raise CheckpointError("only sinkhorn_reg 1.0 and hidden_width 512 (the released settings) are supported")
-    unknown = set(agg) - _AGG_FIELDS - _AGG_IGNORED - {"sinkhorn_iters"}
+    unknown = set(agg) - _AGG_FIELDS - _AGG_IGNORED
     if unknown:
         raise CheckpointError(f"unknown aggregator options {sorted(unknown)}; known: {sorted(_AGG_FIELDS)}")
     agg = {k: v for k, v in agg.items() if k not in _AGG_IGNORED}
