@@ -156,3 +156,42 @@ def test_calibration_rejects_unusable_maps() -> None:
         calibrate(pm, min_separation_s=100)
     with pytest.raises(ValueError, match="target_fpr"):
         calibrate(pm, target_fpr=0)
+
+
+def test_verification_rejects_a_higher_scoring_wrong_place_and_accepts_the_true_one() -> None:
+    """Real photos: the map holds graf1 and four distractor photos with stored local features;
+    the query is graf3 (another viewpoint of graf1) whose global descriptor is made to prefer a
+    distractor. Verification re-ranks by inliers and accepts graf1. Tokens: the content-only
+    patch embedding of the tiny golden model (see test_verification.py for why)."""
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from vpr_ros.models import load_model
+    from vpr_ros.preprocess import load_image, preprocess_exact
+    from vpr_ros.verification import compress_tokens
+
+    repo = Path(__file__).resolve().parents[1]
+    golden = repo / "test" / "data" / "golden" / "salad"
+    model = load_model(golden / "tiny_salad_state_dict.pt", config=json.loads((golden / "config.json").read_text()))
+    names = ["graf1", "baboon", "sudoku", "fruits", "board", "graf3"]
+    images = [load_image(repo / "vpr_ros" / "data" / "scenes" / f"{n}.jpg") for n in names]
+    with torch.no_grad():
+        tokens = model.backbone.model.patch_embed(preprocess_exact(images, (322, 322))).numpy()
+    feats = compress_tokens(tokens, (322, 322))
+
+    rng = np.random.default_rng(1)
+    descs = unit(rng.standard_normal((5, DIM)))
+    query = unit(0.6 * descs[1] + 0.5 * descs[0])  # globally closer to the distractor "baboon"
+    pm = PlaceMap.create(DIM)
+    pm.add(descs, [float(t) for t in range(5)], local_features=[f.to_bytes() for f in feats[:5]])
+    cfg = LoopClosureConfig(threshold=0.3, exclude_seconds=0, exclude_last=0, consistency_k=1, top_k=5)
+    plain = LoopClosureDetector(pm, cfg).process(query, 100.0)
+    assert plain.accepted.id == 1  # without verification the wrong place wins
+    verified = LoopClosureDetector(pm, LoopClosureConfig(**{**cfg.__dict__, "verify": True, "min_inliers": 15}))
+    d = verified.process(query, 100.0, local_features=feats[5])
+    assert d.accepted is not None and d.accepted.id == 0 and d.accepted.inliers >= 15
+    assert all(c.inliers is not None for c in d.candidates if c.score >= cfg.threshold)
+    with pytest.raises(ValueError, match="local features"):
+        verified.process(query, 101.0)
