@@ -195,3 +195,13 @@ def test_verification_rejects_a_higher_scoring_wrong_place_and_accepts_the_true_
     assert all(c.inliers is not None for c in d.candidates if c.score >= cfg.threshold)
     with pytest.raises(ValueError, match="local features"):
         verified.process(query, 101.0)
+
+
+def test_no_time_window_when_localising_in_another_runs_map(route) -> None:
+    """exclude_seconds=None: a map recorded later (larger stamps) is still searched."""
+    rng, places = route
+    pm = PlaceMap.create(DIM)
+    pm.add(places[:20], [1e6 + t for t in range(20)])
+    det = LoopClosureDetector(pm, LoopClosureConfig(threshold=0.5, exclude_seconds=None, exclude_last=0,
+                                                    consistency_k=1))
+    assert det.process(noisy(rng, places[3], 0.2), 10.0).accepted.id == 3

@@ -30,7 +30,7 @@ class LoopClosureConfig:
 
     threshold: float = 0.6
     top_k: int = 5
-    exclude_seconds: float = 30.0
+    exclude_seconds: float | None = 30.0  # None: no time window (localising in a map of another run)
     exclude_last: int = 50
     consistency_k: int = 2
     consistency_n: int = 3
@@ -41,7 +41,7 @@ class LoopClosureConfig:
     def __post_init__(self) -> None:
         if not -1.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold is a cosine similarity in [-1, 1], got {self.threshold}")
-        if self.top_k < 1 or self.exclude_last < 0 or self.exclude_seconds < 0 or self.min_inliers < 0:
+        if self.top_k < 1 or self.exclude_last < 0 or (self.exclude_seconds or 0) < 0 or self.min_inliers < 0:
             raise ValueError("top_k must be >= 1; exclude_last, exclude_seconds and min_inliers >= 0")
         if not 1 <= self.consistency_k <= self.consistency_n:
             raise ValueError(f"need 1 <= consistency_k <= consistency_n, got {self.consistency_k} of "
@@ -103,8 +103,9 @@ class LoopClosureDetector:
         sec, nsec = to_stamp(stamp)
         t = sec + nsec * 1e-9
         decision = Decision(t)
+        newest = None if cfg.exclude_seconds is None else t - cfg.exclude_seconds
         scores, ids = self.map.search(np.asarray(descriptor, np.float32).reshape(1, -1), cfg.top_k,
-                                      exclude_newer_than=t - cfg.exclude_seconds, exclude_last=cfg.exclude_last)
+                                      exclude_newer_than=newest, exclude_last=cfg.exclude_last)
         stamps = self.map.stamps()
         decision.candidates = [Candidate(int(i), float(s), float(stamps[i]))
                                for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
