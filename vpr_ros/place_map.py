@@ -12,6 +12,7 @@ Place ids are assigned in insertion order and never reused, so "the last N place
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
@@ -59,6 +60,9 @@ class ModelIdentity:
     image_size: tuple[int, int]
     descriptor_dim: int
     checkpoint_sha256: str | None = None
+
+    def __post_init__(self) -> None:  # lists from JSON/YAML compare equal to tuples after this
+        object.__setattr__(self, "image_size", tuple(int(v) for v in self.image_size))
 
     @classmethod
     def of(cls, model: Any, image_size: Sequence[int]) -> ModelIdentity:
@@ -231,7 +235,7 @@ class PlaceMap:
 
     def remove(self, ids: Sequence[int]) -> int:
         """Remove places by id; returns how many were present."""
-        ids = np.asarray(ids, dtype=np.int64)
+        ids = np.unique(np.asarray(ids, dtype=np.int64))  # a repeated id is one removal
         with self._lock:
             c = self.cols
             ids = ids[(ids >= 0) & (ids < c.n)]
@@ -336,6 +340,9 @@ class PlaceMap:
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
         backup = path.with_name(f"{path.name}.bak")
         shutil.rmtree(tmp, ignore_errors=True)
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+            if _left_by_dead_process(stale):  # a save killed part-way
+                shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
         try:
             with self._lock:
@@ -484,6 +491,17 @@ def _file_info(file: Path) -> dict:
         while chunk := f.read(1 << 22):
             digest.update(chunk)
     return {"bytes": file.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def _left_by_dead_process(tmp: Path) -> bool:
+    """Whether the process named in a ``.<name>.tmp-<pid>-<thread>`` folder has ended."""
+    try:
+        os.kill(int(tmp.name.rsplit(".tmp-", 1)[1].split("-")[0]), 0)
+    except ProcessLookupError:
+        return True
+    except (ValueError, IndexError, OSError):
+        return False
+    return False
 
 
 def _write_synced(file: Path, data: bytes) -> None:

@@ -1,0 +1,129 @@
+"""Hand-over between a camera callback and a slower descriptor worker: keep only the newest frame.
+
+A queue would let the worker fall further behind the camera with every frame; for place
+recognition an old frame is worth less than the current one, so the slot holds at most one item
+and a new frame replaces (drops) the one still waiting. :class:`LatencyStats` keeps a bounded
+window of latencies for the node's periodic report.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Generic, TypeVar
+
+import numpy as np
+
+T = TypeVar("T")
+
+
+class LatestSlot(Generic[T]):
+    """Single-item mailbox: ``put`` never blocks, ``take`` waits for the newest item.
+
+    Counters obey ``dropped == received - taken - pending`` at all times (an item still pending
+    at ``close`` counts as dropped). Puts after ``close`` are ignored and not counted.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._item: T | None = None
+        self._has_item = False
+        self._closed = False
+        self._received = 0
+        self._dropped = 0
+        self._taken = 0
+
+    def put(self, item: T) -> bool:
+        """Offer ``item``; True if it replaced a pending item (that one is dropped)."""
+        with self._cond:
+            if self._closed:
+                return False
+            replaced = self._has_item
+            self._received += 1
+            self._dropped += replaced
+            self._item, self._has_item = item, True
+            self._cond.notify()
+            return replaced
+
+    def take(self, timeout: float | None = None) -> T | None:
+        """The pending item, waiting up to ``timeout`` s (None: forever); None on timeout or close."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._has_item or self._closed, timeout)
+            if self._closed or not self._has_item:
+                return None
+            item, self._item, self._has_item = self._item, None, False
+            self._taken += 1
+            return item
+
+    def close(self) -> None:
+        """Wake every waiting ``take``; from now on takes return None and puts are ignored."""
+        with self._cond:
+            if not self._closed:
+                self._closed = True
+                self._dropped += self._has_item
+                self._item, self._has_item = None, False
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        with self._cond:
+            return self._closed
+
+    @property
+    def received(self) -> int:
+        with self._cond:
+            return self._received
+
+    @property
+    def dropped(self) -> int:
+        with self._cond:
+            return self._dropped
+
+    @property
+    def taken(self) -> int:
+        with self._cond:
+            return self._taken
+
+    @property
+    def pending(self) -> int:
+        """1 if an item waits to be taken, else 0."""
+        with self._cond:
+            return int(self._has_item)
+
+
+class LatencyStats:
+    """Latencies (seconds in, seconds out) over the last ``window`` samples, in a ring buffer."""
+
+    def __init__(self, window: int = 1000) -> None:
+        if window < 1:
+            raise ValueError(f"window must be at least 1, got {window}")
+        self._values = np.zeros(int(window), np.float64)
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def add(self, seconds: float) -> None:
+        """Record one latency; negative values (clock skew between machines) are kept as they are."""
+        seconds = float(seconds)
+        if not math.isfinite(seconds):
+            raise ValueError(f"latency must be finite, got {seconds}")
+        with self._lock:
+            self._values[self._count % len(self._values)] = seconds
+            self._count += 1
+
+    @property
+    def count(self) -> int:
+        """Samples added since creation (the window holds at most ``window`` of them)."""
+        with self._lock:
+            return self._count
+
+    def __len__(self) -> int:
+        with self._lock:
+            return min(self._count, len(self._values))
+
+    def percentile(self, p: float) -> float:
+        """The ``p``-th percentile (0-100, linear interpolation) in seconds; NaN when empty."""
+        if not 0.0 <= p <= 100.0:
+            raise ValueError(f"percentile must be in [0, 100], got {p}")
+        with self._lock:
+            window = self._values[: min(self._count, len(self._values))].copy()
+        return float(np.percentile(window, p)) if window.size else math.nan
