@@ -66,6 +66,7 @@ setup(
     entry_points={
         "console_scripts": [
             "vpr-ros = vpr_ros.cli:main",
+            "localize_node = vpr_ros.localize_node:main",
         ],
     },
     zip_safe=False,

@@ -8,6 +8,7 @@ vectors) and keyed by place id.
 | pca<N>    | IDMap2,PCA<N>,L2norm,Flat         | 4 N               | max(N, 1000)           |
 | ivfpq     | IDMap2,IVF<nlist>,PQ<m>x8 (nlist ≈ 4 sqrt(n)) | m     | 10,000                 |
 | hnsw      | IDMap2,HNSW32,Flat (graph)        | 4 d + ~256        | never needs training   |
+| pca<N>ivf | IDMap2,PCA<N>,L2norm,IVF<nlist>,SQ8 | N + ~10         | max(N, 10,000)         |
 
 (plus 8 bytes of id per place.) Until a kind that needs training has enough places, the map
 keeps its places in an exact flat index and answers exactly; at the threshold it trains on the
@@ -15,7 +16,9 @@ map's own descriptors and moves them over. pca<N> scores are cosines in the redu
 HNSW and IVF-PQ (with its id hash table) cannot delete: the map hides removed places instead
 (tombstones). Training runs inside ``add`` when the threshold is reached, under the map's lock:
 for ivfpq on 8448-d descriptors that is tens of seconds once (a live node drops frames meanwhile;
-build large maps offline).
+build large maps offline). pca<N>ivf (e.g. pca256ivf) is the kind for maps of ~1M places: in
+bench/map.py it stays within about a point of exact Recall@1 at a few ms per query and N bytes
+per place, where ivfpq's 64-byte codes miss most of the exact top-1 matches.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ IVFPQ_MIN_TRAIN = 10_000
 PCA_MIN_TRAIN = 1_000
 HNSW_M = 32
 IVF_NPROBE = 32  # lists visited per query: recall vs. speed, measured in bench/map.py
+_PCA = re.compile(r"pca([1-9]\d*)(ivf)?")
 
 
 @dataclass(frozen=True)
@@ -41,21 +45,27 @@ class IndexKind:
 
     @classmethod
     def parse(cls, text: str) -> IndexKind:
-        if text in ("flat", "fp16", "ivfpq", "hnsw") or re.fullmatch(r"pca[1-9]\d*", text):
+        if text in ("flat", "fp16", "ivfpq", "hnsw") or _PCA.fullmatch(text):
             return cls(text)
-        raise ValueError(f"unknown index kind {text!r}; use flat, fp16, pca<N> (e.g. pca256), ivfpq or hnsw")
+        raise ValueError(f"unknown index kind {text!r}; use flat, fp16, pca<N> (e.g. pca256), ivfpq, hnsw "
+                         "or pca<N>ivf (e.g. pca256ivf)")
 
     @property
     def pca_dim(self) -> int | None:
-        return int(self.name[3:]) if self.name.startswith("pca") else None
+        match = _PCA.fullmatch(self.name)
+        return int(match[1]) if match else None
+
+    @property
+    def ivf(self) -> bool:
+        return self.name == "ivfpq" or self.name.endswith("ivf")
 
     def min_train(self, dim: int) -> int:
         """Places needed before this kind can be trained (0: no training)."""
         if self.pca_dim is not None:
             if self.pca_dim >= dim:
                 raise ValueError(f"{self.name} must reduce the {dim}-d descriptors to fewer dimensions")
-            return max(self.pca_dim, PCA_MIN_TRAIN)
-        return IVFPQ_MIN_TRAIN if self.name == "ivfpq" else 0
+            return max(self.pca_dim, IVFPQ_MIN_TRAIN if self.ivf else PCA_MIN_TRAIN)
+        return IVFPQ_MIN_TRAIN if self.ivf else 0
 
     def factory(self, dim: int, count: int) -> str:
         """faiss factory string for a map of ``count`` places (sizes IVF lists to the data)."""
@@ -65,10 +75,12 @@ class IndexKind:
             return "IDMap2,SQfp16"
         if self.name == "hnsw":
             return f"IDMap2,HNSW{HNSW_M},Flat"
-        if self.pca_dim is not None:
+        if self.pca_dim is not None and not self.ivf:
             return f"IDMap2,PCA{self.pca_dim},L2norm,Flat"
         nlist = int(np.clip(2 ** round(math.log2(4 * math.sqrt(max(count, 1)))), 64, 16384))
         nlist = min(nlist, max(1, count // 39))  # faiss wants >= 39 training points per list
+        if self.pca_dim is not None:
+            return f"IDMap2,PCA{self.pca_dim},L2norm,IVF{nlist},SQ8"
         return f"IDMap2,IVF{nlist},PQ{pq_subquantizers(dim)}x8"
 
 
@@ -91,8 +103,8 @@ def train_index(kind: IndexKind, dim: int, vectors: np.ndarray, ids: np.ndarray)
     index = new_index(kind, dim, len(vectors))
     if not index.is_trained:
         index.train(vectors)
-    inner = faiss.downcast_index(index.index)
-    if isinstance(inner, faiss.IndexIVF):
+    inner = faiss.try_extract_index_ivf(index)
+    if inner is not None:
         inner.nprobe = min(inner.nlist, IVF_NPROBE)
         inner.set_direct_map_type(faiss.DirectMap.Hashtable)  # reconstruct() and remove_ids() by id
     index.add_with_ids(vectors, ids)
