@@ -14,7 +14,7 @@ TORCH_PIP_ARGS ?=
 # gets its own domain id (0-101 is the range that cannot collide with Linux ephemeral ports).
 ROS_ENV = ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_DOMAIN_ID=$${VPR_ROS_DOMAIN_ID:-$$((1 + RANDOM % 101))}
 
-.PHONY: venv test demo bench lint clean distclean
+.PHONY: venv test colcon demo bench lint clean distclean
 
 venv: $(STAMP)
 
@@ -26,6 +26,17 @@ $(STAMP): setup.py setup.cfg pyproject.toml
 
 test: venv
 	$(ROS_ENV) $(VPY) -m pytest test -q
+	$(MAKE) --no-print-directory colcon
+
+# Build and test as a ROS 2 workspace would (colcon from PyPI, in the same venv). The full suite
+# ran above; here colcon's test step runs the ROS and packaging tests against the colcon build.
+COLCON := AMENT_PREFIX_PATH=$(abspath $(VENV)) $(VENV)/bin/colcon --log-base .colcon/log
+COLCON_PATHS := --base-paths . --build-base .colcon/build --install-base .colcon/install --packages-select vpr_ros
+colcon: venv
+	touch $(VENV)/COLCON_IGNORE
+	$(COLCON) build $(COLCON_PATHS)
+	$(ROS_ENV) $(COLCON) test $(COLCON_PATHS) --return-code-on-test-failure --event-handlers console_direct+ \
+		--pytest-args test/test_package.py test/test_localize_node.py test/test_image_msgs.py
 
 demo: venv
 	$(ROS_ENV) $(VPY) -m vpr_ros.demo
@@ -37,7 +48,7 @@ lint: venv
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf build install log demo_out lightning_logs .pytest_cache .ruff_cache *.egg-info
+	rm -rf build install log .colcon demo_out lightning_logs .pytest_cache .ruff_cache *.egg-info
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -print0 | xargs -0 rm -rf
 
 distclean: clean

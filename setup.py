@@ -61,7 +61,8 @@ setup(
         ],
         "ros": ROS_WHEELS,
         "gpu": ["faiss-gpu-cu12"],
-        "dev": ["pytest", "ruff"],
+        "test": ["pytest"],  # colcon test runs pytest when this extra names it
+        "dev": ["pytest", "ruff", "colcon-common-extensions", "ros-kilted-ament-package"],
     },
     entry_points={
         "console_scripts": [
