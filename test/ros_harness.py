@@ -11,6 +11,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,18 +42,23 @@ def start_node(params: dict, extra_args: list[str] = (), params_file: Path | Non
         text = json.dumps(value) if isinstance(value, (list, bool)) else str(value) or "''"  # YAML empty string
         cmd += ["-p", f"{name}:={text}"]
     cmd += list(extra_args)
-    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tempfile.TemporaryFile("w+")  # not a pipe: a chatty node must never block on a full pipe
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc.log = log  # type: ignore[attr-defined]
+    return proc
 
 
 def stop_node(proc: subprocess.Popen, sig: int = signal.SIGINT, timeout: float = 30.0) -> tuple[int, str]:
+    """Signal the node, wait for it, and return (exit code, everything it printed)."""
     if proc.poll() is None:
         proc.send_signal(sig)
     try:
-        out, _ = proc.communicate(timeout=timeout)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
-        out, _ = proc.communicate()
-    return proc.returncode, out
+        proc.wait()
+    proc.log.seek(0)  # type: ignore[attr-defined]
+    return proc.returncode, proc.log.read()  # type: ignore[attr-defined]
 
 
 def image_msg(rgb: np.ndarray, stamp: tuple[int, int], frame_id: str = "camera") -> Image:

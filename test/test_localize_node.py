@@ -168,11 +168,17 @@ def test_slam_detects_a_revisit_saves_the_map_and_saves_on_sigint(tmp_path, phot
         client.wait_ready(proc)
         client.loops.clear()
         route = [0, 4, 8, 12, 16, 20]
-        for k, idx in enumerate(route):  # 1 Hz drive with odometry x = 10 k
-            t = 10 + k
-            for dt in (-0.2, 0.0, 0.2):  # odometry around the frame, moving at 10 m/s
-                client.odom.publish(odom_msg(to_stamp(t + dt), 10.0 * (k + dt)))
+        # Odometry of the whole drive first (x = 10 m/s * (t - 10)), sent a few times: samples sent
+        # before the node's reader has matched ours are lost, repeats replace themselves.
+        odom = [odom_msg(to_stamp(10 + k + dt), 10.0 * (k + dt)) for k in range(len(route) + 1)
+                for dt in (-0.2, 0.0, 0.2)]
+        assert client.spin_until(lambda: client.odom.get_subscription_count() > 0, 30)
+        for _ in range(10):
+            for msg in odom:
+                client.odom.publish(msg)
             client.spin_until(lambda: False, 0.1)
+        for k, idx in enumerate(route):  # 1 Hz drive
+            t = 10 + k
             m = client.send_and_wait(image_msg(photos[idx], (t, 0)))
             assert m["accepted_id"] is None
         # The newest place again, 1 s later: inside the exclusion window -> no loop closure.
