@@ -28,9 +28,11 @@ from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from geometry_msgs.msg import PoseWithCovarianceStamped  # noqa: E402
 from nav_msgs.msg import Odometry  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.qos import DurabilityPolicy, QoSProfile  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_msgs.msg import Float64MultiArray, String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
+from visualization_msgs.msg import MarkerArray  # noqa: E402
 
 
 def start_node(params: dict, extra_args: list[str] = (), params_file: Path | None = None) -> subprocess.Popen:
@@ -104,11 +106,14 @@ class Client:
         self.loops: list[list[float]] = []
         self.poses: list[PoseWithCovarianceStamped] = []
         self.diagnostics: list[DiagnosticArray] = []
+        self.markers: list[MarkerArray] = []
         self.node.create_subscription(String, f"{base}/matches", lambda m: self.matches.append(json.loads(m.data)), 50)
         self.node.create_subscription(Float64MultiArray, f"{base}/loop_closure",
                                       lambda m: self.loops.append(list(m.data)), 50)
         self.node.create_subscription(PoseWithCovarianceStamped, f"{base}/match_pose", self.poses.append, 50)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 10)
+        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.node.create_subscription(MarkerArray, f"{base}/markers", self.markers.append, latched)
         self.save = self.node.create_client(Trigger, f"{base}/save_map")
         self.reset = self.node.create_client(Trigger, f"{base}/reset")
         self.base = base

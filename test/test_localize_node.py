@@ -79,6 +79,13 @@ def test_localize_answers_raw_and_compressed_frames(localize, client, photos) ->
     pose = client.poses[2]
     assert (pose.header.stamp.sec, pose.header.stamp.nanosec) == (1002, 500)
     assert pose.pose.pose.position.x == 15.0 and pose.pose.covariance[0] >= 0.25
+    # RViz markers: the map's places (latched), then the matched place.
+    def match_at(x: float) -> bool:
+        return any(m.ns == "match" and m.points[0].x == x for a in client.markers for m in a.markers)
+
+    assert client.spin_until(lambda: match_at(15.0), 10)
+    places = [m for m in client.markers[-1].markers if m.ns == "places"][0]
+    assert len(places.points) == len(photos) and places.points[15].x == 15.0
 
 
 def test_bad_frames_are_counted_and_the_node_keeps_running(localize, client, photos) -> None:

@@ -96,7 +96,9 @@ class LocalizeNode(Node):
 
         self._worker = threading.Thread(target=self._work, name="vpr_worker", daemon=True)
         self._worker.start()
-        self._publish_map_markers()
+        self._places: Marker | None = None
+        self._places_built = 0.0
+        self._publish_markers()
         self.get_logger().info(
             f"{self.mode} mode, {self.extractor.model.cfg.describe()} on {self.extractor.device}, "
             f"map {self.map_path or '(in memory)'} with {len(self.map)} places"
@@ -233,7 +235,7 @@ class LocalizeNode(Node):
         place = self.map.place(accepted.id)
         if place.pose is not None:
             self.pub_pose.publish(self._match_pose(decision, place.pose, stamp))
-        self._publish_match_markers(place.pose, current)
+        self._publish_markers(place.pose, current)
 
     def _matches_json(self, decision: Decision, stamp: tuple[int, int], frame_id: str) -> dict:
         cands = []
@@ -271,26 +273,33 @@ class LocalizeNode(Node):
         out.pose.covariance = full.reshape(-1).tolist()
         return out
 
-    def _publish_map_markers(self) -> None:
-        positions = self.map.positions()[self.map.ids()]
-        positions = positions[~np.isnan(positions[:, 0])]
-        marker = Marker(type=Marker.SPHERE_LIST, action=Marker.ADD, ns="places", id=0)
-        marker.header.frame_id = self.map_frame
-        marker.scale.x = marker.scale.y = marker.scale.z = 0.3
-        marker.color = ColorRGBA(r=0.2, g=0.5, b=1.0, a=0.8)
-        marker.points = [Point(x=float(x), y=float(y), z=float(z)) for x, y, z in positions]
-        self.pub_markers.publish(MarkerArray(markers=[marker]))
+    def _places_marker(self) -> Marker:
+        """All places with a pose, rebuilt at most every 2 s (slam maps grow every keyframe)."""
+        now = time.monotonic()
+        if self._places is None or (self.mode == "slam" and now - self._places_built > 2.0):
+            positions = self.map.positions()[self.map.ids()]
+            positions = positions[~np.isnan(positions[:, 0])]
+            marker = Marker(type=Marker.SPHERE_LIST, action=Marker.ADD, ns="places", id=0)
+            marker.header.frame_id = self.map_frame
+            marker.scale.x = marker.scale.y = marker.scale.z = 0.3
+            marker.color = ColorRGBA(r=0.2, g=0.5, b=1.0, a=0.8)
+            marker.points = [Point(x=float(x), y=float(y), z=float(z)) for x, y, z in positions]
+            self._places, self._places_built = marker, now
+        return self._places
 
-    def _publish_match_markers(self, matched: Pose | None, current: Pose | None) -> None:
-        if matched is None:
-            return
-        marker = Marker(type=Marker.LINE_LIST if current else Marker.SPHERE_LIST, action=Marker.ADD, ns="match", id=1)
-        marker.header.frame_id = matched.frame_id or self.map_frame
-        marker.scale.x = marker.scale.y = marker.scale.z = 0.15 if current else 0.6
-        marker.color = ColorRGBA(r=1.0, g=0.3, b=0.1, a=1.0)
-        ends = [current.position, matched.position] if current else [matched.position]
-        marker.points = [Point(x=float(x), y=float(y), z=float(z)) for x, y, z in ends]
-        self.pub_markers.publish(MarkerArray(markers=[marker]))
+    def _publish_markers(self, matched: Pose | None = None, current: Pose | None = None) -> None:
+        """One latched MarkerArray with the whole state, so a late RViz sees places and match."""
+        markers = [self._places_marker()]
+        if matched is not None:
+            marker = Marker(type=Marker.LINE_LIST if current else Marker.SPHERE_LIST, action=Marker.ADD, ns="match",
+                            id=1)
+            marker.header.frame_id = matched.frame_id or self.map_frame
+            marker.scale.x = marker.scale.y = marker.scale.z = 0.15 if current else 0.6
+            marker.color = ColorRGBA(r=1.0, g=0.3, b=0.1, a=1.0)
+            ends = [current.position, matched.position] if current else [matched.position]
+            marker.points = [Point(x=float(x), y=float(y), z=float(z)) for x, y, z in ends]
+            markers.append(marker)
+        self.pub_markers.publish(MarkerArray(markers=markers))
 
     def _publish_diagnostics(self) -> None:
         with self._lock:
