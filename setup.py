@@ -48,6 +48,7 @@ setup(
         "pillow",
         "opencv-python-headless",
         "faiss-cpu",
+        "scipy",
         "rosbags",
         "rosbags-image",
         "tqdm",
