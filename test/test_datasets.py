@@ -18,8 +18,8 @@ from vpr_ros.datasets import (
     nordland_positives,
     pittsburgh_from_mat,
     radius_positives,
-    write_msls_predictions,
 )
+from vpr_ros.evaluation import write_msls_predictions
 
 N = 6
 
@@ -92,7 +92,7 @@ def test_msls_challenge_has_no_ground_truth_and_writes_predictions(tmp_path: Pat
     assert ds.positives is None
     assert all(p.startswith("test/") for p in ds.db_images + ds.q_images)
     out = tmp_path / "preds.txt"
-    write_msls_predictions(ds, np.array([[i, (i + 1) % N] for i in range(N)]), out)
+    write_msls_predictions(out, ds, np.array([[i, (i + 1) % N] for i in range(N)]))
     lines = out.read_text().splitlines()
     assert len(lines) == N
     assert lines[0].split() == [Path(ds.q_images[0]).stem, Path(ds.db_images[0]).stem, Path(ds.db_images[1]).stem]

@@ -61,6 +61,40 @@ def cmd_describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Recall@K of a checkpoint on benchmark datasets; table on stdout, results.{csv,json,md} in --out."""
+    from vpr_ros.datasets import MissingFilesError, load_dataset
+    from vpr_ros.evaluation import evaluate, format_table, write_msls_predictions, write_results
+    from vpr_ros.map_index import IndexKind
+
+    if args.index is not None:
+        IndexKind.parse(args.index)
+    datasets, missing = [], []
+    for name in args.datasets:  # every dataset is checked before the model loads
+        try:
+            datasets.append(load_dataset(name, args.data_root, nordland_window=args.nordland_window))
+        except MissingFilesError as exc:
+            missing.append(f"error: {exc}")
+    if missing:
+        print("\n\n".join(missing), file=sys.stderr)
+        return 2
+    extractor = make_extractor(args)
+    results, written = [], []
+    for dataset in datasets:
+        result = evaluate(extractor, dataset, args.cache, ks=args.ks, index_kind=args.index)
+        results.append(result)
+        if dataset.positives is None:  # no ground truth (MSLS challenge): write the submission file
+            path = args.out / f"{args.checkpoint.stem}.{dataset.name}.preds.txt"
+            write_msls_predictions(path, dataset, result.predictions)
+            written.append(path)
+    meta = {"checkpoint": str(args.checkpoint), "image_size": list(args.image_size), "precision": args.precision,
+            "index": args.index, "nordland_window": args.nordland_window}
+    written = write_results(results, args.out, meta) + written
+    print(format_table(results))
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vpr-ros", description="Visual place recognition tools")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -70,7 +104,28 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p)
     p.add_argument("--out", required=True, type=Path, help="output .npy file")
     p.set_defaults(func=cmd_describe)
+    add_eval_parser(sub)
+    from vpr_ros.visualize import add_visualize_parser
+
+    add_visualize_parser(sub, add_model_args)
     return parser
+
+
+def add_eval_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="Recall@K on benchmark datasets (Pitts30k/250k, MSLS, Nordland, SPED, SF-XL)")
+    add_model_args(p)
+    p.add_argument("--datasets", nargs="+", required=True, metavar="NAME",
+                   help="pitts30k_test pitts250k_test msls_val msls_challenge nordland sped sfxl")
+    p.add_argument("--data-root", required=True, type=Path, help="folder holding one sub-folder per dataset")
+    p.add_argument("--index", help="also measure recall with this place-map index kind (fp16, pca256, ivfpq, hnsw...)")
+    p.add_argument("--ks", nargs="+", type=int, default=[1, 5, 10, 15, 20, 25],
+                   help="K values (default: 1 5 10 15 20 25)")
+    p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "vpr_ros" / "descriptors",
+                   help="descriptor cache folder (resumable; default: ~/.cache/vpr_ros/descriptors)")
+    p.add_argument("--out", type=Path, default=Path("eval_out"), help="results folder (default: eval_out)")
+    p.add_argument("--nordland-window", type=int, default=1, choices=(1, 10),
+                   help="Nordland positives: same frame (1) or +-10 frames (10)")
+    p.set_defaults(func=cmd_eval)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -361,14 +361,6 @@ def load_dataset(name: str, data_root: Path, nordland_window: int = 1) -> EvalDa
     return _check_images(ds)
 
 
-def write_msls_predictions(ds: EvalDataset, predictions: np.ndarray | Sequence[Sequence[int]], path: Path) -> None:
-    """MSLS challenge submission: one line per query, ``<query key> <db key> <db key> ...``."""
-    with Path(path).open("w") as f:
-        for q, row in zip(ds.q_images, predictions, strict=True):
-            keys = " ".join(Path(ds.db_images[int(j)]).stem for j in row)
-            f.write(f"{Path(q).stem} {keys}\n")
-
-
 # --------------------------------------------------------------------------- generation
 
 _MAX_SIDE = 224  # generated images stay small
