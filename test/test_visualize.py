@@ -190,3 +190,16 @@ def test_cli_all_subcommands(salad_ext, tiny_salad_path, salad_golden_dir, tmp_p
     assert "id 0" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         parser.parse_args(["visualize", "heatmap", "x.jpg", "--out", "o.png"])  # no --checkpoint
+
+
+def test_recall_plot_reads_eval_results(tmp_path: Path) -> None:
+    """The results.json that `vpr-ros eval` writes plots directly."""
+    from vpr_ros.visualize import load_recall_json
+
+    results = {"meta": {}, "results": [
+        {"dataset": "sped", "recalls": {"1": 0.5, "5": 0.9}, "index_kind": "fp16",
+         "index_recalls": {"1": 0.4, "5": 0.9}},
+        {"dataset": "msls_challenge", "recalls": None, "index_kind": None, "index_recalls": None}]}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    assert load_recall_json(path) == {"sped": {1: 0.5, 5: 0.9}, "sped (fp16)": {1: 0.4, 5: 0.9}}

@@ -95,6 +95,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_make_eval_data(args: argparse.Namespace) -> int:
+    """Generated datasets let ``vpr-ros eval`` run end to end without downloading a benchmark."""
+    from vpr_ros.datasets import DATASETS, generate_dataset
+
+    for name in args.datasets or DATASETS:
+        ds = generate_dataset(name, args.out)
+        print(f"{name}: {len(ds.db_images)} references, {len(ds.q_images)} queries under {ds.root}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vpr-ros", description="Visual place recognition tools")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -105,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="output .npy file")
     p.set_defaults(func=cmd_describe)
     add_eval_parser(sub)
+    p = sub.add_parser("make-eval-data", help="write small datasets in every benchmark layout from the bundled photos")
+    p.add_argument("out", type=Path, help="data root to write (one sub-folder per dataset)")
+    p.add_argument("--datasets", nargs="+", default=None, metavar="NAME")
+    p.set_defaults(func=cmd_make_eval_data)
     from vpr_ros.visualize import add_visualize_parser
 
     add_visualize_parser(sub, add_model_args)

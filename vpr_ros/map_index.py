@@ -106,6 +106,7 @@ def train_index(kind: IndexKind, dim: int, vectors: np.ndarray, ids: np.ndarray)
         pca = faiss.downcast_VectorTransform(faiss.downcast_index(index.index).chain.at(0))
         pca.train(np.ascontiguousarray(vectors[:: max(1, len(vectors) // sample)][:sample]))
     inner = faiss.try_extract_index_ivf(index)
+    inner = None if inner is None else faiss.downcast_index(inner)
     if isinstance(inner, faiss.IndexIVFPQ):  # polysemous training only serves Hamming-filtered search, which
         inner.do_polysemous_training = False  # the map never uses; it was ~85 % of ivfpq's training time
     if not index.is_trained:

@@ -339,7 +339,16 @@ def plot_recall(results: Mapping[str, Mapping[int | str, float]], out: str | os.
 
 
 def load_recall_json(path: str | os.PathLike) -> dict[str, dict[int, float]]:
+    """``{label: {k: recall}}``, or the ``results.json`` that ``vpr-ros eval`` writes."""
     data = json.loads(Path(path).read_text())
+    if isinstance(data, dict) and isinstance(data.get("results"), list):  # vpr-ros eval output
+        curves = {}
+        for r in data["results"]:
+            if r.get("recalls"):
+                curves[r["dataset"]] = r["recalls"]
+            if r.get("index_recalls"):
+                curves[f"{r['dataset']} ({r['index_kind']})"] = r["index_recalls"]
+        data = curves
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise ValueError(f"{path}: expected {{label: {{k: recall}}}}")
     return {str(label): {int(k): float(v) for k, v in r.items()} for label, r in data.items()}
