@@ -11,7 +11,7 @@ with the same model and settings in this process, timed on the same frame right 
 answer while the node idles, so both series see the same background load. Overhead =
 end-to-end - model time, reported per percentile (p50 - p50, p99 - p99). Also printed: the node's
 own latency p50/p95 from ``/diagnostics`` (callback -> published, last 1000 frames) and the node's
-VmRSS sampled every 250 frames. Goal (issue): overhead <= 2 ms p50 and flat memory.
+VmRSS sampled every 250 frames. Goal: overhead <= 2 ms p50 and flat memory.
 
 Usage: ``python bench/node_latency.py [--frames N | --quick]``. Exits non-zero only when the run
 itself fails, not when the goal is missed.
