@@ -33,7 +33,7 @@ PARAMS: dict[str, Spec] = {
     "device": Spec("auto", "auto (the CUDA GPU when present), cpu or cuda", True, choices=("auto", "cpu", "cuda")),
     "precision": Spec("fp32", "backbone precision: fp32 (exact), bf16 or fp16", True,
                       choices=("fp32", "bf16", "fp16")),
-    "index": Spec("flat", "index kind of a new slam map: flat, fp16, pca<N>, ivfpq, hnsw", True),
+    "index": Spec("flat", "index kind of a new slam map: flat, fp16, pca<N>, pca<N>ivf, ivfpq, hnsw", True),
     "reliable": Spec(False, "subscribe to images with reliable QoS instead of sensor-data (best effort)", True),
     "map_frame": Spec("map", "frame of the published poses and markers when places carry none", True),
     "pose_max_gap": Spec(0.5, "seconds: largest gap between odometry samples to interpolate a keyframe pose", True,
