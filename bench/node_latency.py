@@ -125,7 +125,8 @@ def main() -> int:
     print(f"{'overhead (e2e - model)':<34}{over50:8.2f}{over99:8.2f}")
     paired = list(np.subtract(e2e, model_t))  # per frame: shared background load cancels more
     print(f"{'  per-frame e2e - model':<34}{pct(paired, 50):8.2f}{pct(paired, 99):8.2f}")
-    print(f"node /diagnostics latency (last 1000): p50 {diag.get('latency p50 ms', '?')} ms, "
+    print(f"node /diagnostics latency (last 1000): p50 {diag.get('latency p50 ms', '?')} ms "
+          f"(model inside the node p50 {diag.get('model p50 ms', '?')} ms), "
           f"p95 {diag.get('latency p95 ms', '?')} ms; processed {diag.get('frames processed', '?')}, "
           f"dropped {diag.get('frames dropped (busy)', '?')}, rejected {diag.get('frames rejected', '?')}")
     print("node VmRSS MiB by frame: " + ", ".join(f"{i}: {m:.1f}" for i, m in rss))

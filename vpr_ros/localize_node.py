@@ -68,7 +68,8 @@ class LocalizeNode(Node):
         self.poses = PoseBuffer(max_gap_s=float(p["pose_max_gap"]))
 
         self.slot: LatestSlot = LatestSlot()
-        self.latency = LatencyStats()
+        self.latency = LatencyStats()  # frame received -> outputs published
+        self.model_time = LatencyStats()  # the model's share of it
         self.processed = self.rejected = self.skipped = 0
         self._last_keyframe: float | None = None
         self._lock = threading.Lock()  # guards the counters and the pose of the last frame
@@ -209,7 +210,9 @@ class LocalizeNode(Node):
             return
         rgb = image_to_rgb(msg)
         verify = self.detector.config.verify  # also decides whether slam keyframes keep their tokens
+        started = time.monotonic()
         feats = self.extractor.extract([rgb], patch_tokens=verify)
+        self.model_time.add(time.monotonic() - started)
         desc = feats.descriptors[0]
         local = compress_tokens(feats.patch_tokens[0], self.extractor.image_size) if verify else None
         decision = self.detector.process(desc, (sec, nsec), local)
@@ -307,7 +310,8 @@ class LocalizeNode(Node):
                       "frames skipped (keyframe period)": self.skipped}
         counts = {"frames received": self.slot.received, "frames dropped (busy)": self.slot.dropped, **counts}
         values = {**counts, "latency p50 ms": f"{1000 * self.latency.percentile(50):.1f}",
-                  "latency p95 ms": f"{1000 * self.latency.percentile(95):.1f}", "map places": len(self.map)}
+                  "latency p95 ms": f"{1000 * self.latency.percentile(95):.1f}",
+                  "model p50 ms": f"{1000 * self.model_time.percentile(50):.1f}", "map places": len(self.map)}
         status = DiagnosticStatus(
             level=DiagnosticStatus.OK, name=f"{self.get_fully_qualified_name()}: pipeline",
             message=f"{self.mode}, {len(self.map)} places", hardware_id=str(self.extractor.device),
