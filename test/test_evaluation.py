@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from vpr_ros.datasets import EvalDataset
 from vpr_ros.evaluation import (
     K_EVAL,
     K_TRAIN_VALIDATION,
@@ -33,27 +33,10 @@ SCENES = sorted((REPO / "vpr_ros" / "data" / "scenes").glob("*.jpg"))
 SIZE = (224, 224)
 
 
-@dataclass
-class FakeDataset:
-    """Same interface as ``vpr_ros.datasets.EvalDataset`` (db = queries = bundled photos)."""
-
-    name: str
-    root: Path
-    db_images: list[str]
-    q_images: list[str]
-    positives: list[np.ndarray] | None
-
-    def db_paths(self) -> list[Path]:
-        return [self.root / n for n in self.db_images]
-
-    def q_paths(self) -> list[Path]:
-        return [self.root / n for n in self.q_images]
-
-
-def scenes_dataset(name: str = "scenes", n: int = 10, gt: bool = True) -> FakeDataset:
+def scenes_dataset(name: str = "scenes", n: int = 10, gt: bool = True) -> EvalDataset:
     names = [p.name for p in SCENES[:n]]
     positives = [np.array([i]) for i in range(n)] if gt else None
-    return FakeDataset(name, SCENES[0].parent, names, names[::-1], positives[::-1] if gt else None)
+    return EvalDataset(name, SCENES[0].parent, names, names[::-1], positives[::-1] if gt else None)
 
 
 @pytest.fixture

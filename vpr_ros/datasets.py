@@ -293,6 +293,12 @@ def _list_folder(root: Path, folder: str) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in (root / folder).rglob("*.jpg"))
 
 
+def _lists_and_gt(name: str, root: Path, files: list[str]) -> EvalDataset:
+    """The common layout: reference list, query list, ground-truth array (in that order)."""
+    db, q, gt = (_load_npy(root / f) for f in files)
+    return EvalDataset(name, root, _str_list(db), _str_list(q), _positives_list(gt))
+
+
 def load_dataset(name: str, data_root: Path, nordland_window: int = 1) -> EvalDataset:
     """Read dataset ``name`` from ``<data_root>/<Folder>/`` (see the module docstring)."""
     _check_name(name)
@@ -304,13 +310,7 @@ def load_dataset(name: str, data_root: Path, nordland_window: int = 1) -> EvalDa
         if not have_npy and (root / f"datasets/{name}.mat").is_file():
             return pittsburgh_from_mat(name, data_root)
         _require(name, root, files, f"(or provide datasets/{name}.mat instead of the three .npy files)")
-        ds = EvalDataset(
-            name,
-            root,
-            _str_list(_load_npy(root / files[0])),
-            _str_list(_load_npy(root / files[1])),
-            _positives_list(_load_npy(root / files[2])),
-        )
+        ds = _lists_and_gt(name, root, files)
     elif name == "msls_val":
         files = ["msls_val_dbImages.npy", "msls_val_qImages.npy", "msls_val_qIdx.npy", "msls_val_pIdx.npy"]
         _require(name, root, files)
@@ -336,13 +336,7 @@ def load_dataset(name: str, data_root: Path, nordland_window: int = 1) -> EvalDa
     elif name == "sped":
         files = ["SPED_dbImages.npy", "SPED_qImages.npy", "SPED_gt.npy"]
         _require(name, root, files)
-        ds = EvalDataset(
-            name,
-            root,
-            _str_list(_load_npy(root / files[0])),
-            _str_list(_load_npy(root / files[1])),
-            _positives_list(_load_npy(root / files[2])),
-        )
+        ds = _lists_and_gt(name, root, files)
     else:  # sfxl
         missing = [root / f for f in ("database", "queries") if not (root / f).is_dir()]
         if missing:
