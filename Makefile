@@ -21,7 +21,7 @@ venv: $(STAMP)
 $(STAMP): setup.py setup.cfg pyproject.toml
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install $(TORCH_PIP_ARGS) $(TORCH_PINS)
-	$(VPY) -m pip install -e '.[dev,ros]'
+	$(VPY) -m pip install -e '.[dev,ros,train]'
 	touch $@
 
 test: venv

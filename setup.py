@@ -59,6 +59,7 @@ setup(
             "pytorch-lightning>=2.1",
             "pytorch-metric-learning>=2.3",
             "jsonargparse[signatures]>=4.27",
+            "scikit-image>=0.22",  # bundled photos for the demo model's training data
         ],
         "ros": ROS_WHEELS,
         "gpu": ["faiss-gpu-cu12"],
