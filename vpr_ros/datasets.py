@@ -55,7 +55,9 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageEnhance
+from PIL import Image
+
+from vpr_ros.views import random_view
 
 DATASETS = ("pitts30k_test", "pitts250k_test", "msls_val", "msls_challenge", "nordland", "sped", "sfxl")
 
@@ -378,25 +380,32 @@ def _scene_photos() -> tuple[tuple[str, Image.Image], ...]:
 
 
 def _view(img: Image.Image, rng: np.random.Generator) -> Image.Image:
-    """Another view of the same place: crop, small rotation, brightness, rescale."""
+    """Another view of the same place: a mild ``random_view`` (framing, roll, perspective, light).
+
+    Mild on purpose: the evaluation tests expect views of one photo to stay near each other even for
+    an untrained model. The longer side is 160..224 px and the photo's aspect is kept.
+    """
     w, h = img.size
-    frac = rng.uniform(0.75, 0.92)
-    cw, ch = int(w * frac), int(h * frac)
-    x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-    v = img.crop((x0, y0, x0 + cw, y0 + ch)).rotate(float(rng.uniform(-5, 5)), resample=Image.BILINEAR)
-    v = ImageEnhance.Brightness(v).enhance(float(rng.uniform(0.8, 1.2)))
-    v.thumbnail((int(rng.integers(160, _MAX_SIDE + 1)),) * 2)
-    return v
+    side = int(rng.integers(160, _MAX_SIDE + 1))
+    out = (side, max(1, round(side * w / h))) if h >= w else (max(1, round(side * h / w)), side)
+    arr = random_view(
+        np.asarray(img), rng, out, scale=(0.75, 0.92), max_rotation_deg=5.0, max_tilt=0.08, max_shift=0.08,
+        photometric_strength=0.4,
+    )
+    return Image.fromarray(arr)
 
 
 class _Writer:
-    def __init__(self, root: Path, places: list[Image.Image], rng: np.random.Generator) -> None:
-        self.root, self.places, self.rng = root, places, rng
+    """Saves a fresh view of place ``place`` at ``root / rel`` (JPEG) and returns ``rel``."""
+
+    def __init__(self, root: Path, view: Callable[[int], np.ndarray | Image.Image]) -> None:
+        self.root, self.view = root, view
 
     def __call__(self, rel: str, place: int) -> str:
         path = self.root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        _view(self.places[place], self.rng).save(path, quality=85)
+        img = self.view(place)
+        (Image.fromarray(img) if isinstance(img, np.ndarray) else img).save(path, quality=85)
         return rel
 
 
@@ -418,9 +427,31 @@ def generate_dataset(name: str, out_root: Path, seed: int = 0, n_places: int = 1
         raise ValueError(f"n_places must be in [1, {len(photos) - spare}] for {name}")
     order = rng.permutation(len(photos))
     places = [photos[i][1] for i in order]
+    return write_dataset(name, out_root, n_places, lambda p: _view(places[p], rng), rng)
+
+
+def write_dataset(
+    name: str,
+    out_root: Path,
+    n_places: int,
+    view: Callable[[int], np.ndarray | Image.Image],
+    rng: np.random.Generator,
+) -> EvalDataset:
+    """Write ``name``'s on-disk layout under ``out_root`` from views of ``n_places`` places; return it loaded.
+
+    ``view(p)`` must return a new RGB image (uint8 array or PIL) of place ``p`` on every call:
+    references and queries of a place are separate calls. ``msls_val`` also asks for places
+    ``n_places`` and ``n_places + 1`` (listed queries that ``qIdx`` leaves out, so they must show
+    places with no reference). ``rng`` draws the file keys and coordinates. Used by
+    ``generate_dataset`` and by generators of held-out evaluation sets from other photos.
+    """
+    _check_name(name)
+    if n_places < 1:
+        raise ValueError(f"n_places must be >= 1, got {n_places}")
+    spare = 2 if name == "msls_val" else 0
     root = Path(out_root) / _FOLDERS[name]
     root.mkdir(parents=True, exist_ok=True)
-    put = _Writer(root, places, rng)
+    put = _Writer(root, view)
 
     def save(fname: str, arr: np.ndarray) -> None:
         np.save(root / fname, arr, allow_pickle=arr.dtype.hasobject)
