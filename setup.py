@@ -31,8 +31,8 @@ setup(
     maintainer_email="maintainers@vpr-ros.org",
     license="Apache-2.0",
     python_requires=">=3.10",
-    # training/ is run from the repository root (python -m training); it is not installed.
-    packages=find_packages(exclude=["test", "test.*", "bench", "bench.*", "training", "training.*"]),
+    # training/ (python -m training, vpr-ros-train) needs the "train" extra.
+    packages=find_packages(exclude=["test", "test.*", "bench", "bench.*"]),
     package_data={PACKAGE: ["data/scenes/*", "data/models/*"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
@@ -70,6 +70,7 @@ setup(
         "console_scripts": [
             "vpr-ros = vpr_ros.cli:main",
             "localize_node = vpr_ros.localize_node:main",
+            "vpr-ros-train = training.__main__:main",
         ],
     },
     zip_safe=False,

@@ -36,6 +36,9 @@ class DinoV2Config:
     img_size: int = 518  # pos_embed grid = img_size / 14 = 37
     num_trainable_blocks: int = 4
     norm_layer: bool = True
+    # Training from scratch: patch/position embeddings and CLS token get gradients too (every
+    # block must then be trainable). Fine-tuning DINOv2 keeps them frozen, as SALAD does.
+    train_embeddings: bool = False
 
 
 DINOV2_ARCHS: dict[str, DinoV2Config] = {
@@ -112,14 +115,20 @@ def _nearest(side: int) -> int:
 class DinoV2Backbone(nn.Module):
     """Backbone wrapper used by SALAD and A²GC: ``images -> (patch map [B,C,h,w], CLS [B,C])``.
 
-    The first ``depth - num_trainable_blocks`` blocks (none if that is negative) run without
-    gradients, so they stay frozen during training; at inference this changes nothing.
+    The embeddings and the first ``depth - num_trainable_blocks`` blocks (none if that is
+    negative) run without gradients, so they stay frozen during training, unless
+    ``train_embeddings`` (from scratch); at inference this changes nothing.
     """
 
     def __init__(self, cfg: DinoV2Config, init_weights: bool = True) -> None:
         super().__init__()
         if cfg.num_trainable_blocks < 0:
             raise ValueError(f"num_trainable_blocks must be >= 0, got {cfg.num_trainable_blocks}")
+        if cfg.train_embeddings and cfg.num_trainable_blocks < cfg.depth:
+            raise ValueError(
+                f"train_embeddings needs every block trainable (num_trainable_blocks >= depth {cfg.depth}), "
+                f"got num_trainable_blocks={cfg.num_trainable_blocks}"
+            )
         self.cfg = cfg
         self.num_channels = cfg.embed_dim
         self.model = DinoVisionTransformer(cfg, init_weights=init_weights)
@@ -129,11 +138,14 @@ class DinoV2Backbone(nn.Module):
         b, _, height, width = images.shape
         vit = self.model
         frozen = max(0, len(vit.blocks) - self.cfg.num_trainable_blocks)
-        with torch.no_grad():
+        if self.cfg.train_embeddings:  # from scratch: no frozen part (checked in __init__)
             x = vit.prepare_tokens(images)
-            for block in vit.blocks[:frozen]:
-                x = block(x)
-        x = x.detach()
+        else:
+            with torch.no_grad():
+                x = vit.prepare_tokens(images)
+                for block in vit.blocks[:frozen]:
+                    x = block(x)
+            x = x.detach()
         for block in vit.blocks[frozen:]:
             x = block(x)
         if self.cfg.norm_layer:

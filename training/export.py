@@ -1,0 +1,116 @@
+"""Export trained weights in the released flat format that ``vpr_ros.models.load_model`` reads.
+
+The flat file is a ``torch.save``d state dict with exactly the keys of ``VPRModel.state_dict()``
+(``backbone.model.*``, ``aggregator.*``). A JSON file next to it holds the options tensor shapes
+cannot tell (head count of non-DINOv2 widths, dropout, solver settings, ``geo_lambda``); pass it
+as ``load_model(path, config=json.load(...))``.
+
+    python -m training.export LIGHTNING_CKPT OUT.pt     # writes OUT.pt and OUT.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from vpr_ros.models import ModelConfig
+from vpr_ros.models.loading import AGG_PREFIX, BACKBONE_PREFIX
+
+EXPORT_FORMAT = "vpr_ros.training_export/1"
+
+
+def flat_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's tensors (released key layout) from a LightningModule state dict, on the CPU."""
+    return {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()
+            if k.startswith((BACKBONE_PREFIX, AGG_PREFIX))}
+
+
+def load_config(cfg: ModelConfig) -> dict[str, Any]:
+    """The ``config=`` dict for ``load_model``: full backbone and aggregator options."""
+    bb = dataclasses.asdict(cfg.backbone)
+    for training_only in ("num_trainable_blocks", "train_embeddings"):
+        bb.pop(training_only)
+    return {
+        "format": EXPORT_FORMAT,
+        "arch": cfg.describe(),
+        "descriptor_dim": cfg.descriptor_dim,
+        "backbone": bb,
+        "aggregator": dataclasses.asdict(cfg.aggregator),
+    }
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(tmp)
+    tmp.replace(path)
+
+
+def export_flat(state_dict: Mapping[str, torch.Tensor], cfg: ModelConfig, out: str | Path) -> tuple[Path, Path]:
+    """Write ``out`` (flat state dict) and ``out`` with suffix ``.json`` (load options); return both paths."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    flat = flat_state_dict(state_dict)
+    if not flat:
+        raise ValueError("state dict has no backbone.model.* / aggregator.* tensors: not a VPR model")
+    config_path = out.with_suffix(".json")
+    _atomic_write(out, lambda p: torch.save(flat, p))
+    _atomic_write(config_path, lambda p: p.write_text(json.dumps(load_config(cfg), indent=1) + "\n"))
+    return out, config_path
+
+
+def export_lightning_checkpoint(ckpt: str | Path, out: str | Path) -> tuple[Path, Path]:
+    """Export a checkpoint written by training (weights + ``hyper_parameters``)."""
+    from training.module import build_model_config
+
+    obj = torch.load(ckpt, map_location="cpu", weights_only=True)
+    if not isinstance(obj, Mapping) or "state_dict" not in obj or "hyper_parameters" not in obj:
+        raise ValueError(f"{ckpt} is not a Lightning checkpoint of this training module "
+                         "(expected 'state_dict' and 'hyper_parameters')")
+    return export_flat(obj["state_dict"], build_model_config(**obj["hyper_parameters"]), out)
+
+
+class ExportFlatCheckpoint(pl.Callback):
+    """At the end of ``fit``, write flat exports next to the Lightning checkpoints.
+
+    ``last.pt`` holds the final weights; ``<best checkpoint name>.pt`` the best ones by the
+    ModelCheckpoint monitor (e.g. ``pitts30k_val/R1``), each with its ``.json``.
+    """
+
+    def __init__(self, dirpath: str | None = None) -> None:
+        self.dirpath = dirpath
+        self.exported: list[Path] = []
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        ckpt_cb = trainer.checkpoint_callback
+        dirpath = self.dirpath or getattr(ckpt_cb, "dirpath", None) or trainer.default_root_dir
+        written = [*export_flat(pl_module.state_dict(), pl_module.model_config, Path(dirpath) / "last.pt")]
+        best = getattr(ckpt_cb, "best_model_path", "")
+        if best and Path(best).is_file():
+            written += export_lightning_checkpoint(best, Path(best).with_suffix(".pt"))
+        self.exported = [p for p in written if p.suffix == ".pt"]
+        pl.utilities.rank_zero_info("exported for vpr_ros.models.load_model: " + ", ".join(map(str, self.exported)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path, help="Lightning checkpoint written by python -m training fit")
+    parser.add_argument("out", type=Path, help="flat state-dict file to write (a .json goes next to it)")
+    args = parser.parse_args(argv)
+    if not args.checkpoint.is_file():
+        parser.error(f"checkpoint not found: {args.checkpoint}")
+    for path in export_lightning_checkpoint(args.checkpoint, args.out):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

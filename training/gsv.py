@@ -1,0 +1,320 @@
+"""GSV-Cities training data and the Lightning DataModule (training places + validation sets).
+
+GSV-Cities layout: ``<root>/Dataframes/<City>.csv`` (columns ``place_id, year, month,
+northdeg, city_id, lat, lon, panoid``) and ``<root>/Images/<city_id>/<name>.jpg`` with the name
+built by :func:`image_name`. One dataset item is one place: ``img_per_place`` of its images
+drawn without replacement, so a batch of P places holds P x img_per_place images with the place
+id as label, which is what the multi-similarity miner needs.
+
+The place order follows the reference: each city's rows shuffled, cities concatenated in list
+order with ``i * 100000`` added to the i-th city's place ids, places with fewer than
+``min_img_per_place`` images dropped, no further shuffling by the loader. Unlike the reference the
+shuffle is seeded with ``(seed, epoch)``, so every DDP rank sees the same order and takes its
+own share of it.
+
+Validation sets are read with :func:`vpr_ros.datasets.load_dataset` (standard benchmark layouts).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torchvision.transforms as T
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from vpr_ros import datasets as vpr_datasets
+from vpr_ros.datasets import EvalDataset, load_dataset
+from vpr_ros.preprocess import IMAGENET_MEAN, IMAGENET_STD, check_image_size, load_image, preprocess_exact
+
+LOG = logging.getLogger(__name__)
+
+GSV_CITIES: tuple[str, ...] = (
+    "Bangkok", "BuenosAires", "LosAngeles", "MexicoCity", "OSL", "Rome", "Barcelona", "Chicago",
+    "Madrid", "Miami", "Phoenix", "TRT", "Boston", "Lisbon", "Medellin", "Minneapolis", "PRG",
+    "WashingtonDC", "Brussels", "London", "Melbourne", "Osaka", "PRS",
+)
+CSV_COLUMNS: tuple[str, ...] = ("place_id", "year", "month", "northdeg", "city_id", "lat", "lon", "panoid")
+CITY_ID_OFFSET = 100_000  # the i-th city's place ids are shifted by i * 100000
+PAPER_VAL_SETS: tuple[str, ...] = ("pitts30k_val", "pitts30k_test", "msls_val")
+# Validation sets that vpr_ros.datasets does not list but that use a listed set's layout.
+_EXTRA_VAL_SETS = {"pitts30k_val": "pitts30k_test"}
+
+_LAYOUT_HINT = (
+    "expected GSV-Cities layout: <root>/Dataframes/<City>.csv with columns "
+    + ", ".join(CSV_COLUMNS)
+    + " and images <root>/Images/<city_id>/<city_id>_<place_id:07d>_<year>_<month>_<northdeg>_<lat>_<lon>_<panoid>.jpg"
+)
+
+
+def image_name(city_id: str, place_id: int, year: int, month: int, northdeg: int, lat: str, lon: str,
+               panoid: str) -> str:
+    """File name of a GSV-Cities image, as the reference dataset builds it.
+
+    ``lat``/``lon`` are the CSV text; they are written as Python's shortest float text
+    (``str(float(x))``), which is what the reference gets from pandas' parsed floats.
+    """
+    return (f"{city_id}_{place_id % CITY_ID_OFFSET:07d}_{year:04d}_{month:02d}_{northdeg:03d}_"
+            f"{float(lat)!s}_{float(lon)!s}_{panoid}.jpg")
+
+
+@dataclass(frozen=True)
+class CityTable:
+    """One city's images: place id (offset already applied) and path relative to the root, per row."""
+
+    city: str
+    place_ids: np.ndarray  # int64 [n]
+    paths: tuple[str, ...]
+
+
+def read_city_csv(root: Path, city: str, offset: int = 0) -> CityTable:
+    """Parse ``<root>/Dataframes/<city>.csv``; malformed files fail with the file, line and expectation."""
+    path = Path(root) / "Dataframes" / f"{city}.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"GSV-Cities metadata for city {city!r} not found: {path}\n{_LAYOUT_HINT}")
+    ids: list[int] = []
+    paths: list[str] = []
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        missing = [c for c in CSV_COLUMNS if c not in header]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {missing}; expected columns {', '.join(CSV_COLUMNS)} "
+                             f"(found {header})")
+        for row in reader:
+            line = reader.line_num
+            try:
+                ints = {k: int(row[k]) for k in ("place_id", "year", "month", "northdeg")}
+            except (TypeError, ValueError):
+                bad = next(k for k in ("place_id", "year", "month", "northdeg") if not _is_int(row[k]))
+                raise ValueError(f"{path}, line {line}: {bad} must be an integer, got {row[bad]!r}") from None
+            try:
+                name = image_name(row["city_id"], ints["place_id"], ints["year"], ints["month"], ints["northdeg"],
+                                  row["lat"], row["lon"], row["panoid"])
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}, line {line}: lat/lon must be numbers, got {row['lat']!r}, "
+                                 f"{row['lon']!r}") from None
+            ids.append(ints["place_id"] + offset)
+            paths.append(f"Images/{row['city_id']}/{name}")
+    if not ids:
+        raise ValueError(f"{path}: no rows; expected one row per image with columns {', '.join(CSV_COLUMNS)}")
+    return CityTable(city, np.asarray(ids, dtype=np.int64), tuple(paths))
+
+
+def _is_int(text: str | None) -> bool:
+    try:
+        int(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def read_cities(root: str | Path, cities: Sequence[str]) -> list[CityTable]:
+    """All cities' tables, the i-th with place ids offset by ``i * 100000``; checks the image folders."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"GSV-Cities root {root} is not a directory\n{_LAYOUT_HINT}")
+    if not cities:
+        raise ValueError("no cities given: expected at least one name of a <root>/Dataframes/<City>.csv file")
+    tables = [read_city_csv(root, city, i * CITY_ID_OFFSET) for i, city in enumerate(cities)]
+    for t in tables:  # one stat per city: a wrong root or naming shows up now, not mid-epoch
+        first = root / t.paths[0]
+        if not first.is_file():
+            raise FileNotFoundError(
+                f"GSV-Cities image of the first row of {t.city}.csv not found: {first}\n{_LAYOUT_HINT}")
+    return tables
+
+
+def group_places(tables: Sequence[CityTable], min_img_per_place: int,
+                 rng: np.random.Generator) -> list[tuple[int, list[str]]]:
+    """Places in reference order: rows shuffled per city, cities in order, small places dropped.
+
+    A place's position is that of its first row after the shuffle (``pd.unique`` order).
+    """
+    places: list[tuple[int, list[str]]] = []
+    for t in tables:
+        grouped: dict[int, list[str]] = {}
+        for i in rng.permutation(len(t.paths)):
+            grouped.setdefault(int(t.place_ids[i]), []).append(t.paths[i])
+        places += [(pid, rows) for pid, rows in grouped.items() if len(rows) >= min_img_per_place]
+    return places
+
+
+def train_transform(image_size: Sequence[int] = (224, 224), rand_augment_ops: int = 3,
+                    rand_augment_magnitude: int = 9) -> T.Compose:
+    """The reference training augmentation: resize, RandAugment (3 ops, magnitude 9), ImageNet
+    normalisation. ``rand_augment_ops=0`` leaves RandAugment out (tiny from-scratch models)."""
+    augment = [T.RandAugment(rand_augment_ops, rand_augment_magnitude, interpolation=T.InterpolationMode.BILINEAR)]
+    return T.Compose([
+        T.Resize(tuple(image_size), interpolation=T.InterpolationMode.BILINEAR),
+        *(augment if rand_augment_ops else []),
+        T.ToTensor(),
+        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+class GSVCitiesDataset(Dataset):
+    """Item i = place i: ``(images [img_per_place, 3, H, W], labels [img_per_place])``."""
+
+    def __init__(self, root: str | Path, tables: Sequence[CityTable], img_per_place: int = 4,
+                 min_img_per_place: int = 4, transform: T.Compose | None = None,
+                 image_size: Sequence[int] = (224, 224), seed: Sequence[int] | int | None = None) -> None:
+        if min_img_per_place < img_per_place:
+            raise ValueError(f"min_img_per_place ({min_img_per_place}) must be >= img_per_place ({img_per_place})")
+        self.root = Path(root)
+        self.img_per_place = img_per_place
+        self.image_size = tuple(image_size)
+        self.transform = transform if transform is not None else train_transform(image_size)
+        self.seed = seed
+        self.places = group_places(tables, min_img_per_place, np.random.default_rng(seed))
+        if not self.places:
+            raise ValueError(f"no place in {[t.city for t in tables]} has >= {min_img_per_place} images")
+        self.unreadable = 0  # per process (each loader worker counts its own)
+
+    @property
+    def place_ids(self) -> list[int]:
+        return [pid for pid, _ in self.places]
+
+    @property
+    def total_images(self) -> int:
+        return sum(len(rows) for _, rows in self.places)
+
+    def __len__(self) -> int:
+        return len(self.places)
+
+    def sample_paths(self, index: int) -> list[Path]:
+        """The images item ``index`` uses: drawn without replacement, seeded by (seed, index) if seeded."""
+        rows = self.places[index][1]
+        seed = None if self.seed is None else [*np.atleast_1d(self.seed).tolist(), index]
+        pick = np.random.default_rng(seed).choice(len(rows), self.img_per_place, replace=False)
+        return [self.root / rows[j] for j in pick]
+
+    def load(self, path: Path) -> Image.Image:
+        """RGB image; an unreadable file becomes a black image and a logged warning (and is counted)."""
+        try:
+            return Image.fromarray(load_image(path))
+        except (OSError, ValueError) as exc:
+            self.unreadable += 1
+            LOG.warning("unreadable training image replaced by a black image (%d so far in this process): %s",
+                        self.unreadable, exc)
+            return Image.new("RGB", self.image_size[::-1])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        images = torch.stack([self.transform(self.load(p)) for p in self.sample_paths(index)])
+        return images, torch.full((self.img_per_place,), self.places[index][0], dtype=torch.int64)
+
+
+def load_val_dataset(name: str, data_root: str | Path) -> EvalDataset:
+    """A validation set in its standard layout; ``pitts30k_val`` uses the pitts30k_test layout
+    (``Pittsburgh/pitts30k_val_{dbImages,qImages,gt}.npy``)."""
+    if name not in _EXTRA_VAL_SETS:
+        return load_dataset(name, Path(data_root))
+    root = Path(data_root) / "Pittsburgh"
+    files = [f"{name}_dbImages.npy", f"{name}_qImages.npy", f"{name}_gt.npy"]
+    missing = [str(root / f) for f in files if not (root / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"validation set {name!r}: missing {', '.join(missing)} (same layout as "
+                                f"{_EXTRA_VAL_SETS[name]}, see vpr_ros.datasets)")
+    ds = vpr_datasets._lists_and_gt(name, root, files)  # the safe .npy reader of the benchmark loaders
+    if ds.positives is not None and len(ds.positives) != len(ds.q_images):
+        raise ValueError(f"{name}: {len(ds.positives)} ground-truth rows for {len(ds.q_images)} queries")
+    return vpr_datasets._check_images(ds)
+
+
+class EvalImages(Dataset):
+    """References then queries of an evaluation set with the evaluation transform: ``(image, index)``."""
+
+    def __init__(self, dataset: EvalDataset, image_size: Sequence[int]) -> None:
+        self.paths = dataset.db_paths() + dataset.q_paths()
+        self.image_size = check_image_size(image_size)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return preprocess_exact([self.paths[index]], self.image_size)[0], index
+
+
+class GSVCitiesDataModule(pl.LightningDataModule):
+    """GSV-Cities training batches (``batch_size`` places x ``img_per_place`` images) and
+    Recall@K validation sets.
+
+    The training loader is rebuilt every epoch (set ``reload_dataloaders_every_n_epochs: 1``) with
+    a new place order; it does not shuffle, so under DDP each rank takes every world_size-th place.
+
+    Args:
+        root: GSV-Cities folder (``Dataframes/``, ``Images/``); needed for ``fit``.
+        cities: CSV names under ``Dataframes/``; the i-th city's place ids get ``+ i * 100000``.
+        val_root: folder holding the validation sets in the layouts of ``vpr_ros.datasets``.
+        val_sets: dataset names, e.g. ``pitts30k_val``, ``pitts30k_test``, ``msls_val``.
+        rand_augment_ops, rand_augment_magnitude: RandAugment of the training transform (paper: 3, 9).
+        seed: place order and image choice are drawn from ``(seed, epoch)``.
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        cities: Sequence[str] = GSV_CITIES,
+        batch_size: int = 60,
+        img_per_place: int = 4,
+        min_img_per_place: int = 4,
+        image_size: tuple[int, int] = (224, 224),
+        num_workers: int = 8,
+        rand_augment_ops: int = 3,
+        rand_augment_magnitude: int = 9,
+        seed: int = 0,
+        val_root: str | None = None,
+        val_sets: Sequence[str] = PAPER_VAL_SETS,
+        val_image_size: tuple[int, int] = (224, 224),
+        val_batch_size: int = 64,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.root = root
+        self.cities = list(cities)
+        self.batch_size = batch_size
+        self.img_per_place = img_per_place
+        self.min_img_per_place = min_img_per_place
+        self.image_size = check_image_size(image_size)
+        self.num_workers = num_workers
+        self.transform = train_transform(self.image_size, rand_augment_ops, rand_augment_magnitude)
+        self.seed = seed
+        self.val_root = val_root
+        self.val_set_names = list(val_sets)
+        self.val_image_size = check_image_size(val_image_size)
+        self.val_batch_size = val_batch_size
+        self.tables: list[CityTable] | None = None
+        self.val_datasets: list[EvalDataset] = []
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.tables is None:
+            if self.root is None:
+                raise ValueError("data.root is not set: pass --data.root <GSV-Cities folder>\n" + _LAYOUT_HINT)
+            self.tables = read_cities(self.root, self.cities)
+        if stage in ("fit", "validate") and not self.val_datasets and self.val_set_names:
+            if self.val_root is None:
+                raise ValueError(f"data.val_root is not set but validation sets {self.val_set_names} are "
+                                 "configured: pass --data.val_root <folder> (or --data.val_sets [])")
+            self.val_datasets = [load_val_dataset(n, self.val_root) for n in self.val_set_names]
+
+    def train_dataset(self, epoch: int = 0) -> GSVCitiesDataset:
+        assert self.tables is not None, "call setup('fit') first"
+        return GSVCitiesDataset(self.root, self.tables, self.img_per_place, self.min_img_per_place,
+                                self.transform, self.image_size, seed=(self.seed, epoch))
+
+    def train_dataloader(self) -> DataLoader:
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        return DataLoader(self.train_dataset(epoch), batch_size=self.batch_size, shuffle=False, drop_last=False,
+                          num_workers=self.num_workers, pin_memory=torch.cuda.is_available())
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [DataLoader(EvalImages(ds, self.val_image_size), batch_size=self.val_batch_size, shuffle=False,
+                           num_workers=self.num_workers, pin_memory=torch.cuda.is_available())
+                for ds in self.val_datasets]

@@ -1,0 +1,232 @@
+"""LightningModule: a ``vpr_ros.models`` SALAD / A²GC model trained with the multi-similarity loss.
+
+The module's children are named ``backbone`` and ``aggregator`` exactly as in ``VPRModel``, so its
+``state_dict`` (and the ``state_dict`` of its Lightning checkpoints) has the released key layout
+and ``vpr_ros.models.load_model`` reads both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from pytorch_metric_learning import distances, losses, miners
+
+from training.export import flat_state_dict
+from vpr_ros.evaluation import K_TRAIN_VALIDATION, recall_at_k
+from vpr_ros.models import (
+    DinoV2Config,
+    ModelConfig,
+    VPRModel,
+    dinov2_config,
+    get_spec,
+    load_backbone_weights,
+    read_checkpoint,
+)
+
+Overrides = Mapping[str, int | float | str | bool]
+
+
+def build_model_config(
+    model: str = "dino_salad",
+    backbone_arch: str | None = None,
+    backbone: Overrides | None = None,
+    aggregator: Overrides | None = None,
+    num_trainable_blocks: int = 4,
+    train_embeddings: bool = False,
+    **_: Any,
+) -> ModelConfig:
+    """Registry architecture ``model``, optionally on another DINOv2 size and with field overrides.
+
+    The aggregator's input width always follows the backbone width. Extra keyword arguments
+    (the module's other hyperparameters) are ignored, so ``build_model_config(**hparams)`` works.
+    """
+    base = get_spec(model).config
+    bb = dinov2_config(backbone_arch) if backbone_arch else base.backbone
+    bb = dataclasses.replace(bb, **_checked(DinoV2Config, backbone, "backbone"),
+                             num_trainable_blocks=num_trainable_blocks, train_embeddings=train_embeddings)
+    agg_cls = type(base.aggregator)
+    agg = dataclasses.replace(base.aggregator, **_checked(agg_cls, aggregator, "aggregator"), num_channels=bb.embed_dim)
+    return ModelConfig(bb, agg)
+
+
+def _checked(cls: type, overrides: Overrides | None, what: str) -> dict[str, Any]:
+    fields = {f.name for f in dataclasses.fields(cls)} - {"num_channels", "num_trainable_blocks", "train_embeddings"}
+    unknown = sorted(set(overrides or {}) - fields)
+    if unknown:
+        raise ValueError(f"unknown {what} option(s) {unknown} for {cls.__name__}; known: {sorted(fields)}")
+    return dict(overrides or {})
+
+
+def freeze_untrained(model: VPRModel | VPRLightningModule) -> None:
+    """``requires_grad=False`` on what the backbone runs without gradients, plus the unused mask token.
+
+    Frozen: patch embedding, CLS token, position table (unless ``train_embeddings``) and the first
+    ``depth - num_trainable_blocks`` blocks. Left trainable: the last blocks, the final norm, the
+    whole aggregator. The optimizer only receives trainable parameters, and DDP finds no unused ones.
+    """
+    cfg = model.backbone.cfg
+    vit = model.backbone.model
+    frozen: list[torch.nn.Parameter] = [vit.mask_token]
+    if not cfg.train_embeddings:
+        frozen += [vit.cls_token, vit.pos_embed, *vit.patch_embed.parameters()]
+    for block in vit.blocks[: max(0, cfg.depth - cfg.num_trainable_blocks)]:
+        frozen += list(block.parameters())
+    for p in frozen:
+        p.requires_grad_(False)
+
+
+class VPRLightningModule(pl.LightningModule):
+    """Train a SALAD or A²GC model on GSV-Cities-style batches (places x images per place).
+
+    Args:
+        model: registry name (``dino_salad``, ``dino_salad_512_32``, ``dino_salad_2048_64``,
+            ``a2gc_vitb14``): aggregator kind and sizes.
+        backbone_arch: another DINOv2 size (``dinov2_vits14`` ... ``dinov2_vitg14``), default the
+            registry's ViT-B.
+        backbone: DinoV2Config field overrides, e.g. a tiny ViT ``{embed_dim: 64, depth: 2,
+            num_heads: 4, img_size: 112}``.
+        aggregator: SaladConfig / A2GCConfig field overrides, e.g. ``{num_clusters: 8}``.
+        num_trainable_blocks: last ViT blocks that train (4 in the paper); ``depth`` for all.
+        train_embeddings: also train patch/position embeddings and CLS token (from scratch;
+            needs ``num_trainable_blocks >= depth``).
+        backbone_weights: official DINOv2 weights file (``dinov2_vitb14_pretrain.pth``) loaded into
+            the backbone when fitting starts; None trains the backbone from its random init.
+        init_checkpoint: a released / exported model (flat or Lightning file) whose backbone and
+            aggregator weights start the fit (fine-tuning); loaded strictly, shapes must agree.
+        lr, weight_decay: AdamW over the trainable parameters.
+        lr_end_factor, lr_total_iters: LinearLR from 1 to ``lr_end_factor`` over that many optimizer steps.
+        ms_alpha, ms_beta, ms_base: MultiSimilarityLoss on dot products of the unit descriptors.
+        miner_epsilon: MultiSimilarityMiner margin on cosine similarity.
+        val_ks: Recall@K values logged as ``<valset>/R<K>``.
+    """
+
+    def __init__(
+        self,
+        model: str = "dino_salad",
+        backbone_arch: str | None = None,
+        backbone: dict[str, int | str | bool] | None = None,
+        aggregator: dict[str, int | float | bool] | None = None,
+        num_trainable_blocks: int = 4,
+        train_embeddings: bool = False,
+        backbone_weights: str | None = None,
+        init_checkpoint: str | None = None,
+        lr: float = 6e-5,
+        weight_decay: float = 9.5e-9,
+        lr_end_factor: float = 0.2,
+        lr_total_iters: int = 4000,
+        ms_alpha: float = 1.0,
+        ms_beta: float = 50.0,
+        ms_base: float = 0.0,
+        miner_epsilon: float = 0.1,
+        val_ks: Sequence[int] = K_TRAIN_VALIDATION,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model_config = build_model_config(model, backbone_arch, backbone, aggregator, num_trainable_blocks,
+                                               train_embeddings)
+        self.cfg = self.model_config  # what VPRModel.check_input and load_backbone_weights read
+        net = VPRModel(self.model_config)
+        self.backbone = net.backbone
+        self.aggregator = net.aggregator
+        freeze_untrained(self)
+        self.loss_fn = losses.MultiSimilarityLoss(alpha=ms_alpha, beta=ms_beta, base=ms_base,
+                                                  distance=distances.DotProductSimilarity())
+        self.miner = miners.MultiSimilarityMiner(epsilon=miner_epsilon, distance=distances.CosineSimilarity())
+        self.val_ks = tuple(sorted(int(k) for k in val_ks))
+        self._val_outputs: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = defaultdict(list)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Unit-norm float32 descriptors ``[B, D]`` (what ``VPRModel`` returns)."""
+        VPRModel.check_input(self, images)  # type: ignore[arg-type]  # reads only .cfg
+        return self.aggregator(self.backbone(images)).float()
+
+    def to_vpr_model(self) -> VPRModel:
+        """A standalone ``VPRModel`` (CPU, eval mode) with a copy of the current weights."""
+        net = VPRModel(self.model_config, init_weights=False)
+        net.load_state_dict(flat_state_dict(self.state_dict()), strict=True)
+        return net.eval()
+
+    # -- training ---------------------------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        # Before a resumed checkpoint is restored, so resuming keeps the trained weights.
+        if stage == "fit" and self.hparams.backbone_weights:
+            load_backbone_weights(self, self.hparams.backbone_weights)  # type: ignore[arg-type]  # .cfg/.backbone
+            freeze_untrained(self)
+            rank_zero_info(f"backbone initialised from {self.hparams.backbone_weights}")
+        if stage == "fit" and self.hparams.init_checkpoint:
+            sd = flat_state_dict(read_checkpoint(self.hparams.init_checkpoint)[0])
+            self.load_state_dict({**self.state_dict(), **sd}, strict=True)
+            rank_zero_info(f"model initialised from {self.hparams.init_checkpoint}")
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        places, labels = batch  # [P, N, 3, H, W], [P, N]: images of a place stay consecutive
+        images, labels = places.flatten(0, 1), labels.flatten()
+        descriptors = self(images)
+        if not torch.isfinite(descriptors).all():
+            raise FloatingPointError(f"non-finite descriptors at step {self.global_step}")
+        pairs = self.miner(descriptors, labels)
+        loss = self.loss_fn(descriptors, labels, pairs)
+        n = len(labels)
+        mined = len(pairs[0]) + len(pairs[2])
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        # fraction of all positive + negative pairs the miner kept; b_acc as in the reference logs:
+        # share of images that are not the anchor of any hard positive pair
+        self.log("train/mined_pairs", mined / max(n * n - n, 1), batch_size=n)
+        self.log("train/b_acc", 1.0 - len(torch.unique(pairs[0])) / n, prog_bar=True, batch_size=n)
+        return loss
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LinearLR(
+            optimizer, start_factor=1.0, end_factor=self.hparams.lr_end_factor, total_iters=self.hparams.lr_total_iters)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- validation: Recall@K over all ranks' descriptors -------------------------------------------
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_outputs = defaultdict(list)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int,
+                        dataloader_idx: int = 0) -> None:
+        images, indices = batch
+        self._val_outputs[dataloader_idx].append((indices, self(images)))
+
+    def on_validation_epoch_end(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        val_sets = getattr(datamodule, "val_datasets", [])
+        if self.trainer.sanity_checking:
+            return
+        for i, ds in enumerate(val_sets):
+            outputs = self._val_outputs.get(i, [])
+            if not outputs:
+                rank_zero_warn(f"no validation batches for {ds.name}; Recall@K not logged")
+                continue
+            indices = torch.cat([o[0] for o in outputs]).to(self.device)
+            descs = torch.cat([o[1] for o in outputs])
+            # DistributedSampler pads every rank to the same length, so all_gather shapes agree.
+            indices = self.all_gather(indices).reshape(-1).cpu().numpy()
+            descs = self.all_gather(descs).reshape(len(indices), -1).float().cpu().numpy()
+            n_db, n = len(ds.db_images), len(ds.db_images) + len(ds.q_images)
+            full = np.zeros((n, descs.shape[1]), np.float32)
+            seen = np.zeros(n, bool)
+            full[indices], seen[indices] = descs, True
+            if not seen.all() or ds.positives is None:
+                rank_zero_warn(f"{ds.name}: {int((~seen).sum())} images not described or no ground truth; "
+                               "Recall@K not logged")
+                continue
+            recalls = recall_at_k(full[:n_db], full[n_db:], ds.positives, self.val_ks)
+            for k, r in recalls.items():
+                self.log(f"{ds.name}/R{k}", r, sync_dist=True)  # identical on every rank
+            rank_zero_info(f"{ds.name} ({n_db} db, {n - n_db} queries): "
+                           + "  ".join(f"R@{k} {100 * r:.2f}" for k, r in recalls.items()))
+        self._val_outputs = defaultdict(list)
+
