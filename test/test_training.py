@@ -200,10 +200,11 @@ def _metric_rows(log_dir: Path) -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def trained(synth_data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> dict:
-    gsv, val = synth_data
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("run")
+    gsv, val = out / "data" / "gsv", out / "data" / "val"  # written by the config's data.synthetic
     untrained = cli_main(["validate", *_cli_args(out / "untrained", gsv, val)])
+    assert (gsv / "Dataframes" / "Synthtown.csv").is_file() and (val / "SPED").is_dir()
     cli = cli_main(["fit", *_cli_args(out / "fit", gsv, val)])
     rows = _metric_rows(Path(cli.trainer.logger.log_dir))
     return {

@@ -256,6 +256,10 @@ class GSVCitiesDataModule(pl.LightningDataModule):
         val_sets: dataset names, e.g. ``pitts30k_val``, ``pitts30k_test``, ``msls_val``.
         rand_augment_ops, rand_augment_magnitude: RandAugment of the training transform (paper: 3, 9).
         seed: place order and image choice are drawn from ``(seed, epoch)``.
+        synthetic: generate ``root`` (and ``val_root`` as SPED) from photos when ``root`` has no
+            ``Dataframes/`` yet, for CPU configs that must run with one command; keys: ``source``
+            (skimage, scenes or a folder), ``places_per_photo``, ``images_per_place``,
+            ``image_size``, ``seed`` (see ``training.gsv_synth``).
     """
 
     def __init__(
@@ -274,6 +278,7 @@ class GSVCitiesDataModule(pl.LightningDataModule):
         val_sets: Sequence[str] = PAPER_VAL_SETS,
         val_image_size: tuple[int, int] = (224, 224),
         val_batch_size: int = 64,
+        synthetic: dict[str, int | str] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -290,8 +295,16 @@ class GSVCitiesDataModule(pl.LightningDataModule):
         self.val_set_names = list(val_sets)
         self.val_image_size = check_image_size(val_image_size)
         self.val_batch_size = val_batch_size
+        self.synthetic = dict(synthetic) if synthetic else None
         self.tables: list[CityTable] | None = None
         self.val_datasets: list[EvalDataset] = []
+
+    def prepare_data(self) -> None:
+        if self.synthetic is None or self.root is None or (Path(self.root) / "Dataframes").is_dir():
+            return
+        from training.gsv_synth import generate
+
+        generate(Path(self.root), Path(self.val_root) if self.val_root else None, **self.synthetic)
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.tables is None:

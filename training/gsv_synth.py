@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -272,6 +273,31 @@ def _source(spec: str) -> list[tuple[str, np.ndarray]]:
     if not Path(spec).is_dir():
         raise SystemExit(f"--source must be 'skimage', 'scenes' or a folder of photos, got {spec!r}")
     return folder_photos(Path(spec))
+
+
+def generate(
+    root: Path,
+    val_root: Path | None = None,
+    *,
+    source: str = "skimage",
+    places_per_photo: int = 4,
+    images_per_place: int = 4,
+    image_size: int = 160,
+    seed: int = 0,
+) -> None:
+    """Training set (and SPED validation views) written aside and renamed: a crash leaves no half set."""
+    photos = [img for _, img in _source(source)]
+    for out, write in ((root, lambda d: make_gsv_dataset(photos, d, places_per_photo=places_per_photo,
+                                                          images_per_place=images_per_place,
+                                                          image_size=image_size, seed=seed)),
+                       (val_root, lambda d: make_val_views(photos, d, places_per_photo=places_per_photo,
+                                                           image_size=image_size, seed=seed + 1))):
+        if out is None or out.exists():
+            continue
+        tmp = out.with_name(out.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        write(tmp)
+        tmp.rename(out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

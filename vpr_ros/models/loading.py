@@ -141,11 +141,11 @@ def infer_backbone_config(sd: StateDict, prefix: str = BACKBONE_PREFIX, **overri
         )
     grid = math.isqrt(_shape(sd, prefix + "pos_embed")[1] - 1)
     ffn = "swiglu" if f"{prefix}blocks.0.mlp.w12.weight" in sd else "mlp"
-    if width % HEAD_DIM:
-        raise CheckpointError(f"width {width} is not a multiple of DINOv2's head size {HEAD_DIM}")
-    cfg = DinoV2Config(
-        embed_dim=width, depth=len(indices), num_heads=width // HEAD_DIM, ffn=ffn, img_size=grid * PATCH_SIZE
-    )
+    heads = overrides.get("num_heads") or width // HEAD_DIM  # released sizes: 64-d heads
+    if not heads or width % heads:
+        raise CheckpointError(f"width {width} is not a multiple of DINOv2's head size {HEAD_DIM}; "
+                              "give num_heads in the config for other widths")
+    cfg = DinoV2Config(embed_dim=width, depth=len(indices), num_heads=heads, ffn=ffn, img_size=grid * PATCH_SIZE)
     conflicts = [f"{k}: config {v} vs checkpoint {getattr(cfg, k)}" for k, v in overrides.items()
                  if k in ("embed_dim", "depth", "ffn", "img_size") and v != getattr(cfg, k)]
     if conflicts:
