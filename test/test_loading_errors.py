@@ -24,6 +24,7 @@ from vpr_ros.models import (
     read_checkpoint,
 )
 from vpr_ros.models.layers import sinkhorn_log_plan
+from vpr_ros.models.salad import SaladConfig
 
 StateDict = dict[str, torch.Tensor]
 CORRUPT = re.compile(r"truncated|corrupt", re.IGNORECASE)
@@ -392,3 +393,18 @@ def test_a2gc_without_geometric_term_follows_the_config(tiny_a2gc_path: Path) ->
     model = load_model(no_geo, config={"aggregator": {"use_geometric_ot": False}})
     assert model.cfg.arch == "a2gc"
     assert model.cfg.aggregator.use_geometric_ot is False
+
+
+def test_width_without_64_d_heads_needs_num_heads_in_config() -> None:
+    cfg = ModelConfig(DinoV2Config(embed_dim=96, depth=1, num_heads=4, img_size=56),
+                      SaladConfig(num_channels=96, num_clusters=4, cluster_dim=8, token_dim=16))
+    model = VPRModel(cfg).eval()
+    sd = model.state_dict()
+    with pytest.raises(CheckpointError, match="num_heads"):
+        load_model(sd)
+    loaded = load_model(sd, config={"backbone": {"num_heads": 4}})
+    images = torch.rand(2, 3, 56, 56)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images), model(images), atol=0, rtol=0)
+    with pytest.raises(CheckpointError, match="num_heads"):
+        load_model(sd, config={"backbone": {"num_heads": 5}})  # 96 is not a multiple of 5

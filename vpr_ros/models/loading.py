@@ -141,7 +141,7 @@ def infer_backbone_config(sd: StateDict, prefix: str = BACKBONE_PREFIX, **overri
         )
     grid = math.isqrt(_shape(sd, prefix + "pos_embed")[1] - 1)
     ffn = "swiglu" if f"{prefix}blocks.0.mlp.w12.weight" in sd else "mlp"
-    heads = overrides.get("num_heads") or width // HEAD_DIM  # released sizes: 64-d heads
+    heads = overrides.get("num_heads") or (width // HEAD_DIM if width % HEAD_DIM == 0 else 0)  # released: 64-d
     if not heads or width % heads:
         raise CheckpointError(f"width {width} is not a multiple of DINOv2's head size {HEAD_DIM}; "
                               "give num_heads in the config for other widths")
