@@ -37,9 +37,9 @@ def test_demo_runs_end_to_end_and_scores_the_node(demo_run, route) -> None:
     assert m["positives"] > 0 and m["negatives"] > 0
     assert m["positives"] + m["negatives"] == m["frames_processed"]
     assert m["loop_closures"] == m["accepted"]  # one ~/loop_closure per accepted ~/matches answer
-    assert (m["precision"] is None) == (m["accepted"] == 0)
-    assert m["precision"] is None or 0.0 <= m["precision"] <= 1.0
-    assert 0.0 <= m["recall"] <= 1.0 and 0.0 <= m["top1_within_radius"] <= 1.0
+    assert m["accepted"] > 0 and 0.0 <= m["recall"] <= 1.0
+    # the bundled demo model (trained on other photos) relocalizes: measured 0.86 / 0.75 on this route
+    assert m["precision"] >= 0.7 and m["top1_within_radius"] >= 0.6, m
     assert m["recall"] == pytest.approx(m["correct"] / m["positives"])
     assert -1.0 < m["threshold"] < 1.0
     png = demo_run / "trajectory.png"

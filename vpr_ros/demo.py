@@ -33,12 +33,11 @@ from vpr_ros.route import FULL, SHORT, Route, RouteSpec, image_topic, make_route
 DATA = Path(__file__).resolve().parent / "data"
 
 # -- the demo model: replace these four lines to run the demo with another model ---------------------
-MODEL_CHECKPOINT = DATA / "models" / "tiny_salad_untrained.pt"
-MODEL_CONFIG: Path | None = DATA / "models" / "tiny_salad_untrained.json"  # 16-d heads: not in the shapes
-MODEL_IMAGE_SIZE = (224, 224)
-MODEL_NOTE = ("untrained stand-in: a tiny SALAD (ViT width 64, depth 2; m=8, l=16, g=32) with random weights "
-              "in the released checkpoint layout. It exercises the whole pipeline; its scores say nothing "
-              "about what a trained model achieves.")
+MODEL_CHECKPOINT = DATA / "models" / "demo_salad.pt"
+MODEL_CONFIG: Path | None = DATA / "models" / "demo_salad.json"  # 24-d heads: not in the shapes
+MODEL_IMAGE_SIZE = (112, 112)
+MODEL_NOTE = ("demo_salad: ViT width 96, 4 blocks, 112 px + SALAD m=16 l=16 g=64 (320-d), trained from scratch "
+              "by training/ (config/train_demo.yaml) on scikit-image's photos. Never saw this route's photos.")
 # ------------------------------------------------------------------------------------------------------
 
 NODE = "/vpr_localize"
@@ -381,7 +380,7 @@ def _seconds(stamp_ns: int, t0: int) -> float:
 def title_of(m: Metrics, note: str) -> str:
     return (f"loop closures: precision {_fmt(m.precision, '.2f')}, recall {_fmt(m.recall, '.2f')} "
             f"(correct within {m.radius_m:g} m); localization error median {_fmt(m.loc_err_median_m, '.1f', ' m')}, "
-            f"p90 {_fmt(m.loc_err_p90_m, '.1f', ' m')}\nmodel: {note.split('.')[0]}")
+            f"p90 {_fmt(m.loc_err_p90_m, '.1f', ' m')}\nmodel: {note.split('. ')[0]}")
 
 
 # -- main ------------------------------------------------------------------------------------------------
