@@ -30,7 +30,6 @@ import torchvision.transforms as T
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from vpr_ros import datasets as vpr_datasets
 from vpr_ros.datasets import EvalDataset, load_dataset
 from vpr_ros.preprocess import IMAGENET_MEAN, IMAGENET_STD, check_image_size, load_image, preprocess_exact
 
@@ -45,7 +44,6 @@ CSV_COLUMNS: tuple[str, ...] = ("place_id", "year", "month", "northdeg", "city_i
 CITY_ID_OFFSET = 100_000  # the i-th city's place ids are shifted by i * 100000
 PAPER_VAL_SETS: tuple[str, ...] = ("pitts30k_val", "pitts30k_test", "msls_val")
 # Validation sets that vpr_ros.datasets does not list but that use a listed set's layout.
-_EXTRA_VAL_SETS = {"pitts30k_val": "pitts30k_test"}
 
 _LAYOUT_HINT = (
     "expected GSV-Cities layout: <root>/Dataframes/<City>.csv with columns "
@@ -211,23 +209,6 @@ class GSVCitiesDataset(Dataset):
         return images, torch.full((self.img_per_place,), self.places[index][0], dtype=torch.int64)
 
 
-def load_val_dataset(name: str, data_root: str | Path) -> EvalDataset:
-    """A validation set in its standard layout; ``pitts30k_val`` uses the pitts30k_test layout
-    (``Pittsburgh/pitts30k_val_{dbImages,qImages,gt}.npy``)."""
-    if name not in _EXTRA_VAL_SETS:
-        return load_dataset(name, Path(data_root))
-    root = Path(data_root) / "Pittsburgh"
-    files = [f"{name}_dbImages.npy", f"{name}_qImages.npy", f"{name}_gt.npy"]
-    missing = [str(root / f) for f in files if not (root / f).is_file()]
-    if missing:
-        raise FileNotFoundError(f"validation set {name!r}: missing {', '.join(missing)} (same layout as "
-                                f"{_EXTRA_VAL_SETS[name]}, see vpr_ros.datasets)")
-    ds = vpr_datasets._lists_and_gt(name, root, files)  # the safe .npy reader of the benchmark loaders
-    if ds.positives is not None and len(ds.positives) != len(ds.q_images):
-        raise ValueError(f"{name}: {len(ds.positives)} ground-truth rows for {len(ds.q_images)} queries")
-    return vpr_datasets._check_images(ds)
-
-
 class EvalImages(Dataset):
     """References then queries of an evaluation set with the evaluation transform: ``(image, index)``."""
 
@@ -315,7 +296,7 @@ class GSVCitiesDataModule(pl.LightningDataModule):
             if self.val_root is None:
                 raise ValueError(f"data.val_root is not set but validation sets {self.val_set_names} are "
                                  "configured: pass --data.val_root <folder> (or --data.val_sets [])")
-            self.val_datasets = [load_val_dataset(n, self.val_root) for n in self.val_set_names]
+            self.val_datasets = [load_dataset(n, Path(self.val_root)) for n in self.val_set_names]
 
     def train_dataset(self, epoch: int = 0) -> GSVCitiesDataset:
         assert self.tables is not None, "call setup('fit') first"

@@ -12,6 +12,7 @@ name               folder               files
 pitts30k_test      ``Pittsburgh/``      ``pitts30k_test_{dbImages,qImages,gt}.npy`` or
                                         ``datasets/pitts30k_test.mat``; ``000/...`` images,
                                         ``queries_real/000/...``
+pitts30k_val       ``Pittsburgh/``      same with ``pitts30k_val`` (the in-training validation set)
 pitts250k_test     ``Pittsburgh/``      same with ``pitts250k_test``
 msls_val           ``msls/``            ``msls_val_{dbImages,qImages,qIdx,pIdx}.npy``,
                                         ``train_val/<city>/{database,query}/images/*.jpg``
@@ -59,7 +60,7 @@ from PIL import Image
 
 from vpr_ros.views import random_view
 
-DATASETS = ("pitts30k_test", "pitts250k_test", "msls_val", "msls_challenge", "nordland", "sped", "sfxl")
+DATASETS = ("pitts30k_test", "pitts30k_val", "pitts250k_test", "msls_val", "msls_challenge", "nordland", "sped", "sfxl")
 
 SCENES_DIR = Path(__file__).resolve().parent / "data" / "scenes"
 POS_DIST_THR = 25.0  # metres, Pittsburgh posDistThr and VPR-methods-evaluation default
@@ -67,6 +68,7 @@ NORDLAND_STRIDE = 10  # references are sampled 10x denser than queries
 
 _FOLDERS = {
     "pitts30k_test": "Pittsburgh",
+    "pitts30k_val": "Pittsburgh",
     "pitts250k_test": "Pittsburgh",
     "msls_val": "msls",
     "msls_challenge": "msls",
@@ -116,6 +118,7 @@ _LAYOUTS = {
 └── (optional) database_images_paths.txt, queries_images_paths.txt""",
 }
 _LAYOUTS["pitts250k_test"] = _LAYOUTS["pitts30k_test"].replace("pitts30k", "pitts250k")
+_LAYOUTS["pitts30k_val"] = _LAYOUTS["pitts30k_test"].replace("pitts30k_test", "pitts30k_val")
 
 
 class MissingFilesError(FileNotFoundError):
