@@ -23,7 +23,8 @@ import cv2
 import numpy as np
 import torch
 
-from vpr_ros.bag_io import read_frames, write_bag
+from vpr_ros.bag_io import read_frames
+from vpr_ros.bag_writer import write_bag
 from vpr_ros.extractor import DescriptorExtractor
 from vpr_ros.mapping import build_map
 from vpr_ros.models import create_model

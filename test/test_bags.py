@@ -18,13 +18,12 @@ from vpr_ros.bag_io import (
     ReadAhead,
     ReadStats,
     check_bag,
-    enu_origin_of,
     frame_at,
-    geodetic_to_enu,
     list_topics,
     read_frames,
-    write_bag,
 )
+from vpr_ros.bag_writer import write_bag
+from vpr_ros.geodesy import enu_origin_of, geodetic_to_enu
 from vpr_ros.preprocess import load_image
 
 SCENES = Path(__file__).resolve().parents[1] / "vpr_ros" / "data" / "scenes"

@@ -10,7 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from vpr_ros.bag_io import BagError, read_frames, write_bag
+from vpr_ros.bag_io import BagError, read_frames
+from vpr_ros.bag_writer import write_bag
 from vpr_ros.cli import main
 from vpr_ros.extractor import DescriptorExtractor
 from vpr_ros.mapping import build_map

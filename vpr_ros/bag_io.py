@@ -1,4 +1,4 @@
-"""Camera frames and poses from rosbags (ROS 1 ``.bag``, ROS 2 sqlite3 and mcap), and bags to test with.
+"""Camera frames and poses from rosbags (ROS 1 ``.bag``, ROS 2 sqlite3 and mcap).
 
 Reading goes through ``rosbags.highlevel.AnyReader`` and converts every image with
 :func:`vpr_ros.image_msgs.image_to_rgb`, the same path the live node uses, so an offline map sees
@@ -9,11 +9,8 @@ in stamp order.
 
 Poses come from ``nav_msgs/Odometry``, ``geometry_msgs/PoseStamped``,
 ``geometry_msgs/PoseWithCovarianceStamped`` or ``sensor_msgs/NavSatFix`` (converted to metres in a
-local east-north-up frame around an origin fix) and are interpolated at the image stamps by
-:class:`vpr_ros.poses.PoseBuffer`.
-
-:func:`write_bag` writes real bags in all three formats, so tests and demos exercise the reader
-on files a recorder could have produced.
+local east-north-up frame around an origin fix, :mod:`vpr_ros.geodesy`) and are interpolated at
+the image stamps by :class:`vpr_ros.poses.PoseBuffer`. Bags to test with: :mod:`vpr_ros.bag_writer`.
 """
 
 from __future__ import annotations
@@ -23,7 +20,6 @@ import logging
 import math
 import os
 import queue
-import shutil
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -32,15 +28,12 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
-import cv2
 import numpy as np
 from rosbags.highlevel import AnyReader
-from rosbags.rosbag1 import Writer as Ros1Writer
-from rosbags.rosbag2 import StoragePlugin
-from rosbags.rosbag2 import Writer as Ros2Writer
 from rosbags.typesys import Stores, get_typestore
 from rosbags.typesys.store import Typestore
 
+from vpr_ros.geodesy import enu_frame, geodetic_to_enu
 from vpr_ros.image_msgs import BadFrame, image_to_rgb, stamp_of
 from vpr_ros.place_map import Pose
 from vpr_ros.poses import PoseBuffer, pose_from_msg
@@ -69,11 +62,6 @@ RAW_ENCODINGS: tuple[str, ...] = ("rgb8", "bgr8", "mono8", "mono16")
 # reading its records is reported as a damaged bag naming the file.
 _READ_ERRORS = (Exception,)
 
-# WGS84 ellipsoid (NIMA TR8350.2): semi-major axis and flattening.
-WGS84_A = 6378137.0
-WGS84_F = 1.0 / 298.257223563
-WGS84_E2 = WGS84_F * (2.0 - WGS84_F)
-
 REORDER_FRAMES = 16  # image messages held back to emit them in header.stamp order
 
 
@@ -81,193 +69,10 @@ class BagError(ValueError):
     """A bag that cannot be read as asked: missing or damaged file, missing topic, wrong type."""
 
 
-# -- writing -----------------------------------------------------------------------------------------
-
-
 @cache
-def _typestore(storage: str) -> Typestore:
+def typestore(storage: str) -> Typestore:
+    """Message types of ROS 1 (Noetic) or ROS 2 (Kilted) bags."""
     return get_typestore(Stores.ROS1_NOETIC if storage == "ros1" else Stores.ROS2_KILTED)
-
-
-def _header(ts: Typestore, stamp_ns: int, frame_id: str, seq: int) -> Any:
-    types = ts.types
-    stamp = types["builtin_interfaces/msg/Time"](sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)
-    if "seq" in types["std_msgs/msg/Header"].__dataclass_fields__:  # ROS 1
-        return types["std_msgs/msg/Header"](seq=seq, stamp=stamp, frame_id=frame_id)
-    return types["std_msgs/msg/Header"](stamp=stamp, frame_id=frame_id)
-
-
-def _check_rgb(rgb: np.ndarray) -> np.ndarray:
-    rgb = np.asarray(rgb)
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-        raise ValueError(f"frames must be HxWx3 uint8 RGB arrays, got {rgb.dtype} {rgb.shape}")
-    return rgb
-
-
-def _pixels(rgb: np.ndarray, encoding: str) -> np.ndarray:
-    """``rgb`` as the pixel layout of ``encoding`` (mono16 spans the full 16-bit range)."""
-    if encoding == "rgb8":
-        return np.ascontiguousarray(rgb)
-    if encoding == "bgr8":
-        return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    return gray if encoding == "mono8" else gray.astype("<u2") * np.uint16(257)
-
-
-def _image_msg(ts: Typestore, header: Any, rgb: np.ndarray, image_format: str, encoding: str) -> Any:
-    pixels = _pixels(_check_rgb(rgb), encoding)
-    if image_format == "raw":
-        height, width = pixels.shape[:2]
-        data = np.frombuffer(pixels.tobytes(), np.uint8)
-        return ts.types[IMAGE](header=header, height=height, width=width, encoding=encoding, is_bigendian=0,
-                               step=data.size // height, data=data)
-    if encoding == "rgb8":  # OpenCV encodes BGR channel order, as image_transport does
-        pixels = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
-    ok, encoded = cv2.imencode(".jpg" if image_format == "jpeg" else ".png", pixels)
-    if not ok:
-        raise ValueError(f"OpenCV could not encode a {pixels.dtype} {pixels.shape} image as {image_format}")
-    return ts.types[COMPRESSED](header=header, format=image_format, data=encoded.reshape(-1))
-
-
-def _pose_msg(ts: Typestore, pose_type: str, header: Any, position: Sequence[float],
-              orientation: Sequence[float], child_frame: str) -> Any:
-    t = ts.types
-    if pose_type == "navsatfix":
-        lat, lon, alt = (float(v) for v in position)
-        status = t["sensor_msgs/msg/NavSatStatus"](status=0, service=1)
-        return t[NAVSATFIX](header=header, status=status, latitude=lat, longitude=lon, altitude=alt,
-                            position_covariance=np.zeros(9), position_covariance_type=0)
-    point = t["geometry_msgs/msg/Point"](*(float(v) for v in position))
-    quat = t["geometry_msgs/msg/Quaternion"](*(float(v) for v in orientation))
-    pose = t["geometry_msgs/msg/Pose"](position=point, orientation=quat)
-    if pose_type == "pose_stamped":
-        return t["geometry_msgs/msg/PoseStamped"](header=header, pose=pose)
-    with_cov = t["geometry_msgs/msg/PoseWithCovariance"](pose=pose, covariance=np.zeros(36))
-    if pose_type == "pose_cov":
-        return t["geometry_msgs/msg/PoseWithCovarianceStamped"](header=header, pose=with_cov)
-    zero = t["geometry_msgs/msg/Vector3"](0.0, 0.0, 0.0)
-    twist = t["geometry_msgs/msg/TwistWithCovariance"](
-        twist=t["geometry_msgs/msg/Twist"](linear=zero, angular=zero), covariance=np.zeros(36))
-    return t["nav_msgs/msg/Odometry"](header=header, child_frame_id=child_frame, pose=with_cov, twist=twist)
-
-
-def _check_write_options(path: Path, storage: str, image_format: str, encoding: str, pose_type: str) -> None:
-    def check(name: str, value: str, accepted: Iterable[str]) -> None:
-        if value not in accepted:
-            raise ValueError(f"{name} must be one of {', '.join(accepted)}; got {value!r}")
-
-    check("storage", storage, STORAGES)
-    check("image_format", image_format, ("raw", "jpeg", "png"))
-    check("encoding", encoding, RAW_ENCODINGS if image_format == "raw" else ("rgb8", "bgr8", "mono8"))
-    check("pose_type", pose_type, tuple(POSE_MSGTYPES))
-    if (storage == "ros1") != (path.suffix == ".bag"):
-        raise ValueError(f"{path}: ROS 1 bags must end in .bag and ROS 2 bags must not (storage={storage!r})")
-    if path.exists():
-        raise FileExistsError(f"{path} already exists; choose a new path (bags are never overwritten)")
-
-
-def write_bag(
-    path: str | os.PathLike,
-    frames: Iterable[tuple[int, np.ndarray]],
-    poses: Iterable[tuple[int, Sequence[float], Sequence[float]]] = (),
-    *,
-    storage: Storage = "mcap",
-    image_topic: str = "/camera/image_raw",
-    pose_topic: str = "/odom",
-    image_format: ImageFormat = "raw",
-    encoding: str = "rgb8",
-    pose_type: PoseType = "odometry",
-    frame_id: str = "camera",
-    pose_frame: str = "odom",
-    receive_delay_ns: int | Callable[[int], int] = 5_000_000,
-) -> Path:
-    """Write ``(stamp_ns, rgb)`` frames and ``(stamp_ns, position, orientation xyzw)`` poses to a new bag.
-
-    ``storage`` picks a ROS 2 folder (``mcap``/``sqlite3``) or a ROS 1 ``.bag`` file. Compressed
-    frames (``jpeg``/``png``) go out as ``sensor_msgs/CompressedImage`` on ``image_topic``. For
-    ``navsatfix`` the position is (latitude°, longitude°, altitude m). Each message is received
-    ``receive_delay_ns`` after its header stamp (a constant, or a function of the stamp), as a
-    recorder would see it, so readers that key frames by receive time are caught. The bag is
-    written under a temporary name and renamed, so ``path`` never holds a half-written bag.
-    """
-    path = Path(path)
-    _check_write_options(path, storage, image_format, encoding, pose_type)
-    delay = receive_delay_ns if callable(receive_delay_ns) else (lambda _stamp: int(receive_delay_ns))
-    tmp_dir = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    tmp_dir.mkdir(parents=True)
-    try:
-        _write(tmp_dir / path.name, frames, poses, storage, image_topic, pose_topic, image_format, encoding,
-               pose_type, frame_id, pose_frame, delay)
-        os.replace(tmp_dir / path.name, path)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-    return path
-
-
-def _write(path: Path, frames: Iterable[tuple[int, np.ndarray]], poses: Iterable[tuple[int, Sequence[float],
-           Sequence[float]]], storage: str, image_topic: str, pose_topic: str, image_format: str, encoding: str,
-           pose_type: str, frame_id: str, pose_frame: str, delay: Callable[[int], int]) -> None:
-    ts = _typestore(storage)
-    ros1 = storage == "ros1"
-    if ros1:
-        writer: Any = Ros1Writer(path)
-    else:
-        plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
-        writer = Ros2Writer(path, version=9, storage_plugin=plugin)
-    serialize = ts.serialize_ros1 if ros1 else ts.serialize_cdr
-    with writer:
-        image_type = IMAGE if image_format == "raw" else COMPRESSED
-        image_conn = writer.add_connection(image_topic, image_type, typestore=ts)
-        pose_conn = None
-        for seq, (stamp, rgb) in enumerate(frames):
-            msg = _image_msg(ts, _header(ts, int(stamp), frame_id, seq), rgb, image_format, encoding)
-            writer.write(image_conn, int(stamp) + delay(int(stamp)), serialize(msg, image_type))
-        for seq, (stamp, position, orientation) in enumerate(poses):
-            if pose_conn is None:
-                pose_conn = writer.add_connection(pose_topic, POSE_MSGTYPES[pose_type], typestore=ts)
-            msg = _pose_msg(ts, pose_type, _header(ts, int(stamp), pose_frame, seq), position, orientation, frame_id)
-            writer.write(pose_conn, int(stamp) + delay(int(stamp)), serialize(msg, POSE_MSGTYPES[pose_type]))
-
-
-# -- geodesy -----------------------------------------------------------------------------------------
-
-
-def geodetic_to_ecef(lat_deg: float, lon_deg: float, alt_m: float) -> np.ndarray:
-    """Earth-centred, earth-fixed (x, y, z) metres of a WGS84 latitude/longitude/ellipsoid height."""
-    lat, lon = math.radians(lat_deg), math.radians(lon_deg)
-    n = WGS84_A / math.sqrt(1.0 - WGS84_E2 * math.sin(lat) ** 2)  # prime vertical radius of curvature
-    return np.array([(n + alt_m) * math.cos(lat) * math.cos(lon),
-                     (n + alt_m) * math.cos(lat) * math.sin(lon),
-                     (n * (1.0 - WGS84_E2) + alt_m) * math.sin(lat)])
-
-
-def geodetic_to_enu(lat_deg: float, lon_deg: float, alt_m: float, origin: Sequence[float]) -> np.ndarray:
-    """East, north, up metres of a fix relative to ``origin`` = (lat°, lon°, alt m); exact, no flat-earth guess."""
-    lat0, lon0 = math.radians(origin[0]), math.radians(origin[1])
-    d = geodetic_to_ecef(lat_deg, lon_deg, alt_m) - geodetic_to_ecef(*origin)
-    sl, cl, so, co = math.sin(lat0), math.cos(lat0), math.sin(lon0), math.cos(lon0)
-    rotation = np.array([[-so, co, 0.0], [-sl * co, -sl * so, cl], [cl * co, cl * so, sl]])
-    return rotation @ d
-
-
-ENU_PREFIX = "enu:"
-
-
-def enu_frame(origin: Sequence[float]) -> str:
-    """Frame id of the ENU frame around ``origin``: the origin travels with every pose that uses it."""
-    return f"{ENU_PREFIX}{origin[0]:.9f},{origin[1]:.9f},{origin[2]:.3f}"
-
-
-def enu_origin_of(frame_id: str) -> tuple[float, float, float] | None:
-    """The (lat, lon, alt) origin encoded by :func:`enu_frame`, or None for any other frame."""
-    if not frame_id.startswith(ENU_PREFIX):
-        return None
-    try:
-        lat, lon, alt = (float(v) for v in frame_id[len(ENU_PREFIX):].split(","))
-    except ValueError:
-        return None
-    return lat, lon, alt
 
 
 # -- reading -----------------------------------------------------------------------------------------
@@ -325,7 +130,7 @@ def open_bag(path: str | os.PathLike) -> AnyReader:
     if not path.exists():
         raise FileNotFoundError(f"no bag at {path}")
     try:
-        reader = AnyReader([path], default_typestore=_typestore("ros1" if path.suffix == ".bag" else "mcap"))
+        reader = AnyReader([path], default_typestore=typestore("ros1" if path.suffix == ".bag" else "mcap"))
         reader.open()
     except _READ_ERRORS as exc:
         raise BagError(_describe_error(path, exc)) from exc

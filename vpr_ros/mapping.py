@@ -30,8 +30,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from vpr_ros.bag_io import BagError, Frame, ReadAhead, ReadStats, enu_origin_of, read_frames, recording_start
+from vpr_ros.bag_io import BagError, Frame, ReadAhead, ReadStats, read_frames, recording_start
 from vpr_ros.extractor import DescriptorExtractor
+from vpr_ros.geodesy import enu_origin_of
 from vpr_ros.place_map import MANIFEST, ModelIdentity, PlaceMap
 
 LOG = logging.getLogger(__name__)

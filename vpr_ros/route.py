@@ -264,7 +264,7 @@ class Traversal:
         return np.array([v.segment for v in self.views])
 
     def poses(self) -> Iterator[tuple[int, tuple[float, ...], tuple[float, ...]]]:
-        """(stamp ns, position, orientation) for :func:`vpr_ros.bag_io.write_bag`."""
+        """(stamp ns, position, orientation) for :func:`vpr_ros.bag_writer.write_bag`."""
         for st, p, q in zip(self.stamps_ns, self.positions, self.orientations, strict=True):
             yield int(st), tuple(map(float, p)), tuple(map(float, q))
 
@@ -415,7 +415,7 @@ def write_bags(route: Route, out_dir: str | os.PathLike, storage: str = "mcap", 
                ) -> dict[str, Path]:
     """Both traversals as bags (frames on :func:`image_topic`, Odometry on ``POSE_TOPIC``), plus
     the ground truth as ``route.json`` and ``frames.csv``. JPEG keeps a bag ~20 kB per frame."""
-    from vpr_ros.bag_io import write_bag
+    from vpr_ros.bag_writer import write_bag
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
