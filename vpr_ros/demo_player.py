@@ -23,9 +23,8 @@ from pathlib import Path
 from rclpy.executors import Executor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from rosbags.typesys import Stores, get_typestore
 
-from vpr_ros.bag_io import open_bag
+from vpr_ros.bag_io import open_bag, typestore
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -57,7 +56,7 @@ def load_bag(path: str | Path, topics: Sequence[str] | None = None) -> tuple[lis
     """All messages of ``topics`` (default: every topic) in receive order, as CDR, and each
     topic's type. Loaded up front so that disk reads never delay the schedule."""
     reader = open_bag(path)
-    ros2 = get_typestore(Stores.ROS2_KILTED)
+    ros2 = typestore("mcap")  # ROS 2 (Kilted) types
     try:
         conns = [c for c in reader.connections if topics is None or c.topic in topics]
         if topics is not None and (missing := set(topics) - {c.topic for c in conns}):
