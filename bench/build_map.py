@@ -25,7 +25,7 @@ import torch
 
 from vpr_ros.bag_io import read_frames
 from vpr_ros.bag_writer import write_bag
-from vpr_ros.extractor import DescriptorExtractor
+from vpr_ros.extractor import DescriptorExtractor, device_label
 from vpr_ros.mapping import build_map
 from vpr_ros.models import create_model
 from vpr_ros.preprocess import load_image
@@ -70,7 +70,7 @@ def main() -> None:
     model = create_model(args.model)
     ext = DescriptorExtractor(model, args.image_size, args.device, args.precision, args.batch_size)
     dev = ext.device
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    name = device_label(dev)
     print(f"{args.model} {args.image_size[0]}x{args.image_size[1]} {args.precision}, batch {args.batch_size}, "
           f"{args.frames} frames of {args.frame_size[0]}x{args.frame_size[1]}, on {name}")
     ext.warmup(1)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from vpr_ros.extractor import DescriptorExtractor
+from vpr_ros.extractor import DescriptorExtractor, device_label
 from vpr_ros.models import create_model
 
 
@@ -66,7 +66,7 @@ def main() -> None:
 
     model = create_model(args.model)
     dev = torch.device(args.device)
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    name = device_label(dev)
     print(f"{args.model} ({model.descriptor_dim}-d) at {args.image_size[0]}x{args.image_size[1]} on {name}, "
           f"torch {torch.__version__}")
     print(f"{'precision':>9} {'batch':>5} {'compile':>7} {'ms/img':>9} {'img/s':>8} {'peak MiB':>9} "

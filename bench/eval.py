@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from vpr_ros.evaluation import DescriptorCache, describe_cached, extractor_identity
-from vpr_ros.extractor import DescriptorExtractor
+from vpr_ros.extractor import DescriptorExtractor, device_label
 from vpr_ros.models import create_model
 from vpr_ros.preprocess import preprocess_exact
 
@@ -43,7 +43,7 @@ def main() -> None:
     model = create_model(args.model)
     ext = DescriptorExtractor(model, args.image_size, args.device, args.precision, args.batch_size)
     dev = ext.device
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    name = device_label(dev)
     print(f"{args.model} ({model.descriptor_dim}-d) {args.image_size[0]}x{args.image_size[1]} {args.precision}, "
           f"batch {args.batch_size}, {args.images} images, on {name}")
     paths = [SCENES[i % len(SCENES)] for i in range(args.images)]

@@ -42,6 +42,11 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return device
 
 
+def device_label(device: torch.device) -> str:
+    """What benchmark reports name: the GPU model, or the CPU thread count torch uses."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+
+
 def _to_array(image) -> np.ndarray:
     if isinstance(image, Image.Image):
         return np.asarray(image.convert("RGB"))
