@@ -39,7 +39,7 @@ colcon: venv
 		--pytest-args test/test_package.py test/test_localize_node.py test/test_image_msgs.py
 
 demo: venv
-	$(ROS_ENV) $(VPY) -m vpr_ros.demo
+	$(ROS_ENV) $(VPY) -m vpr_ros.synth.demo
 
 bench: venv
 	$(VPY) bench/descriptor.py

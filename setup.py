@@ -1,5 +1,6 @@
 """Build script for the vpr_ros package (ament_python and plain pip)."""
 
+import sys
 from glob import glob
 from pathlib import Path
 
@@ -8,6 +9,14 @@ from setuptools import find_packages, setup
 PACKAGE = "vpr_ros"
 HERE = Path(__file__).resolve().parent
 README = HERE / "README.md"
+
+# The repository's top-level training/ folder installs as vpr_ros.training, not as a generic
+# top-level "training" (python -m vpr_ros.training, vpr-ros-train; needs the "train" extra).
+# `colcon build --symlink-install` links only top-level packages into its build folder, where
+# training/ is then missing: that build goes on without vpr_ros.training rather than failing.
+TRAINING = {f"{PACKAGE}.training": "training"} if Path(__file__).with_name("training").is_dir() else {}
+if not TRAINING:
+    print(f"setup.py: no training/ beside {__file__}; {PACKAGE}.training is not installed", file=sys.stderr)
 
 ROS_WHEELS = [
     "ros-kilted-rclpy",
@@ -31,9 +40,9 @@ setup(
     maintainer_email="maintainers@vpr-ros.org",
     license="Apache-2.0",
     python_requires=">=3.10",
-    # training/ (python -m training, vpr-ros-train) needs the "train" extra.
-    packages=find_packages(exclude=["test", "test.*", "bench", "bench.*"]),
-    package_data={PACKAGE: ["data/scenes/*", "data/models/*"]},
+    packages=[*find_packages(include=[PACKAGE, f"{PACKAGE}.*"]), *TRAINING],
+    package_dir=TRAINING,
+    package_data={PACKAGE: ["synth/data/scenes/*", "synth/data/models/*"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
@@ -69,8 +78,8 @@ setup(
     entry_points={
         "console_scripts": [
             "vpr-ros = vpr_ros.cli:main",
-            "localize_node = vpr_ros.localize_node:main",
-            "vpr-ros-train = training.__main__:main",
+            "localize_node = vpr_ros.ros.node:main",
+            *(["vpr-ros-train = vpr_ros.training.__main__:console_main"] if TRAINING else []),
         ],
     },
     zip_safe=False,

@@ -22,15 +22,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from common import add_model_args, make_extractor
 
-from vpr_ros.bag_io import read_frames
-from vpr_ros.bag_writer import write_bag
-from vpr_ros.extractor import DescriptorExtractor, device_label
-from vpr_ros.mapping import build_map
-from vpr_ros.models import create_model
+from vpr_ros.bags.mapping import build_map
+from vpr_ros.bags.reader import read_frames
+from vpr_ros.bags.writer import write_bag
+from vpr_ros.extractor import device_label
 from vpr_ros.preprocess import load_image
 
-SCENES = sorted((Path(__file__).resolve().parents[1] / "vpr_ros" / "data" / "scenes").glob("*.jpg"))
+SCENES = sorted((Path(__file__).resolve().parents[1] / "vpr_ros" / "synth" / "data" / "scenes").glob("*.jpg"))
 TOPIC = "/camera/image_raw"
 
 
@@ -57,18 +57,16 @@ def best(rounds: int, device: torch.device, run) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="dino_salad")
+    add_model_args(parser, (224, 224))
     parser.add_argument("--frames", type=int, default=64)
     parser.add_argument("--frame-size", nargs=2, type=int, default=[640, 480], metavar=("W", "H"))
-    parser.add_argument("--image-size", nargs=2, type=int, default=[224, 224], metavar=("H", "W"))
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
 
-    model = create_model(args.model)
-    ext = DescriptorExtractor(model, args.image_size, args.device, args.precision, args.batch_size)
+    ext = make_extractor(args, args.device, args.precision, args.batch_size)
     dev = ext.device
     name = device_label(dev)
     print(f"{args.model} {args.image_size[0]}x{args.image_size[1]} {args.precision}, batch {args.batch_size}, "

@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import torch
+from common import add_model_args, make_extractor
 
 from vpr_ros.extractor import DescriptorExtractor, device_label
-from vpr_ros.models import create_model
 
 
 def reset_peak_rss() -> None:
@@ -55,19 +55,19 @@ def run(ext: DescriptorExtractor, x: torch.Tensor, iters: int) -> tuple[float, f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="dino_salad")
+    add_model_args(parser, (322, 322))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 16])
-    parser.add_argument("--image-size", nargs=2, type=int, default=[322, 322])
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="also measure with torch.compile")
     args = parser.parse_args()
 
-    model = create_model(args.model)
     dev = torch.device(args.device)
     name = device_label(dev)
-    print(f"{args.model} ({model.descriptor_dim}-d) at {args.image_size[0]}x{args.image_size[1]} on {name}, "
+    label = args.checkpoint or f"{args.model} (random weights)"
+    dim = make_extractor(args, "cpu").descriptor_dim
+    print(f"{label} ({dim}-d) at {args.image_size[0]}x{args.image_size[1]} on {name}, "
           f"torch {torch.__version__}")
     print(f"{'precision':>9} {'batch':>5} {'compile':>7} {'ms/img':>9} {'img/s':>8} {'peak MiB':>9} "
           f"{'min cos vs fp32':>15}")
@@ -76,7 +76,7 @@ def main() -> None:
     reference: dict[int, torch.Tensor] = {}
     for compiled in [False, True] if args.compile else [False]:
         for precision in args.precisions:
-            ext = DescriptorExtractor(model, args.image_size, dev, precision, compile=compiled)
+            ext = make_extractor(args, dev, precision, compile=compiled)
             for batch in args.batch_sizes:
                 iters = max(1, args.iters if batch < 64 or dev.type == "cuda" else 1)
                 sec, peak, desc = run(ext, inputs[batch], iters)

@@ -15,13 +15,13 @@ import time
 from pathlib import Path
 
 import torch
+from common import add_model_args, make_extractor
 
-from vpr_ros.evaluation import DescriptorCache, describe_cached, extractor_identity
-from vpr_ros.extractor import DescriptorExtractor, device_label
-from vpr_ros.models import create_model
+from vpr_ros.evaluation.recall import DescriptorCache, describe_cached, extractor_identity
+from vpr_ros.extractor import device_label
 from vpr_ros.preprocess import preprocess_exact
 
-SCENES = sorted((Path(__file__).resolve().parents[1] / "vpr_ros" / "data" / "scenes").glob("*.jpg"))
+SCENES = sorted((Path(__file__).resolve().parents[1] / "vpr_ros" / "synth" / "data" / "scenes").glob("*.jpg"))
 
 
 def sync(device: torch.device) -> None:
@@ -31,20 +31,18 @@ def sync(device: torch.device) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="dino_salad")
+    add_model_args(parser, (322, 322))
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--image-size", nargs=2, type=int, default=[322, 322])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     args = parser.parse_args()
 
-    model = create_model(args.model)
-    ext = DescriptorExtractor(model, args.image_size, args.device, args.precision, args.batch_size)
+    ext = make_extractor(args, args.device, args.precision, args.batch_size)
     dev = ext.device
     name = device_label(dev)
-    print(f"{args.model} ({model.descriptor_dim}-d) {args.image_size[0]}x{args.image_size[1]} {args.precision}, "
+    print(f"{args.model} ({ext.descriptor_dim}-d) {args.image_size[0]}x{args.image_size[1]} {args.precision}, "
           f"batch {args.batch_size}, {args.images} images, on {name}")
     paths = [SCENES[i % len(SCENES)] for i in range(args.images)]
     names = [f"{i}/{p.name}" for i, p in enumerate(paths)]  # distinct names: nothing is deduplicated

@@ -57,8 +57,8 @@ import time
 import faiss
 import numpy as np
 
-from vpr_ros.map_index import HNSW_M, IVF_NPROBE, IndexKind, pq_subquantizers
-from vpr_ros.place_map import PlaceMap
+from vpr_ros.maps.index_kinds import HNSW_M, IVF_NPROBE, IndexKind, pq_subquantizers
+from vpr_ros.maps.place_map import PlaceMap
 
 LATENT, TAU, SIGMA_Z, SIGMA_C, SIGMA_V = 128, 8.0, 0.05, 0.1, 0.5
 CHUNK, ADD_BATCH, K = 10_000, 1_000, 10

@@ -20,7 +20,6 @@ itself fails, not when the goal is missed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import sys
@@ -38,14 +37,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from ros_harness import Client, image_msg, start_node, stop_node  # noqa: E402
 
-from vpr_ros.extractor import DescriptorExtractor  # noqa: E402
-from vpr_ros.models import load_model  # noqa: E402
-from vpr_ros.place_map import ModelIdentity, PlaceMap, Pose  # noqa: E402
+from vpr_ros.extractor import load_extractor  # noqa: E402
+from vpr_ros.maps.place_map import PlaceMap  # noqa: E402
 from vpr_ros.preprocess import load_image  # noqa: E402
+from vpr_ros.types import Pose  # noqa: E402
 
 GOLDEN = REPO / "test" / "data" / "golden" / "salad"
 CKPT, CONFIG = GOLDEN / "tiny_salad_state_dict.pt", GOLDEN / "config.json"
-PHOTOS = sorted((REPO / "vpr_ros" / "data" / "scenes").glob("*.jpg"))
+PHOTOS = sorted((REPO / "vpr_ros" / "synth" / "data" / "scenes").glob("*.jpg"))
 SIZE = [224, 224]
 WARMUP = 20  # frames sent before measuring (not counted)
 RSS_EVERY = 250
@@ -71,12 +70,11 @@ def main() -> int:
 
     photos = [load_image(p) for p in PHOTOS]
     frames = [np.ascontiguousarray(cv2.resize(p, (640, 480), interpolation=cv2.INTER_AREA)) for p in photos]
-    model = load_model(CKPT, config=json.loads(CONFIG.read_text()))
-    ext = DescriptorExtractor(model, SIZE, "cpu", batch_size=1)  # as the node builds it
+    ext = load_extractor(CKPT, CONFIG, SIZE, "cpu", batch_size=1)  # as the node builds it
     ext.warmup(1)
 
     with tempfile.TemporaryDirectory() as tmp:
-        pm = PlaceMap.create(ext.descriptor_dim, model_id=ModelIdentity.of(model, SIZE))
+        pm = PlaceMap.create(ext.descriptor_dim, model_id=ext.identity)
         pm.add(ext.describe(photos), [(100 + i, 0) for i in range(len(photos))],
                poses=[Pose((float(i), 0.0, 0.0)) for i in range(len(photos))])
         pm.save(map_path := Path(tmp) / "scenes.map")

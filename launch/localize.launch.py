@@ -1,7 +1,7 @@
 """Start the vpr_localize node: ``ros2 launch vpr_ros localize.launch.py checkpoint:=... map:=...``.
 
 Arguments override the params file; the same file works with
-``python -m vpr_ros.localize_node --ros-args --params-file config/localize.yaml``.
+``python -m vpr_ros.ros.node --ros-args --params-file config/localize.yaml``.
 """
 
 import os

@@ -36,8 +36,8 @@ from visualization_msgs.msg import MarkerArray  # noqa: E402
 
 
 def start_node(params: dict, extra_args: list[str] = (), params_file: Path | None = None) -> subprocess.Popen:
-    """``python -m vpr_ros.localize_node`` with ``-p name:=value`` for each param."""
-    cmd = [sys.executable, "-m", "vpr_ros.localize_node", "--ros-args"]
+    """``python -m vpr_ros.ros.node`` with ``-p name:=value`` for each param."""
+    cmd = [sys.executable, "-m", "vpr_ros.ros.node", "--ros-args"]
     if params_file is not None:
         cmd += ["--params-file", str(params_file)]
     for name, value in params.items():

@@ -13,7 +13,8 @@ import pytest
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from vpr_ros.bag_io import (
+from vpr_ros.bags.geodesy import enu_origin_of, geodetic_to_enu
+from vpr_ros.bags.reader import (
     BagError,
     ReadAhead,
     ReadStats,
@@ -22,11 +23,10 @@ from vpr_ros.bag_io import (
     list_topics,
     read_frames,
 )
-from vpr_ros.bag_writer import write_bag
-from vpr_ros.geodesy import enu_origin_of, geodetic_to_enu
+from vpr_ros.bags.writer import write_bag
 from vpr_ros.preprocess import load_image
 
-SCENES = Path(__file__).resolve().parents[1] / "vpr_ros" / "data" / "scenes"
+SCENES = Path(__file__).resolve().parents[1] / "vpr_ros" / "synth" / "data" / "scenes"
 T0 = 1_700_000_000 * 10**9  # header stamps of the test bags start here (ns)
 TOPIC = "/camera/image_raw"
 

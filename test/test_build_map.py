@@ -10,18 +10,21 @@ import cv2
 import numpy as np
 import pytest
 
-from vpr_ros.bag_io import BagError, read_frames
-from vpr_ros.bag_writer import write_bag
+from vpr_ros.bags.mapping import build_map
+from vpr_ros.bags.reader import BagError, read_frames
+from vpr_ros.bags.writer import write_bag
 from vpr_ros.cli import main
+from vpr_ros.errors import MapError, ModelMismatchError
 from vpr_ros.extractor import DescriptorExtractor
-from vpr_ros.mapping import build_map
+from vpr_ros.maps.place_map import PlaceMap
 from vpr_ros.models import load_model
-from vpr_ros.place_map import MapError, ModelIdentity, ModelMismatchError, PlaceMap
 from vpr_ros.preprocess import load_image
+from vpr_ros.types import ModelIdentity
 
-DATA = Path(__file__).resolve().parents[1] / "vpr_ros" / "data"
-CKPT = DATA / "models" / "tiny_salad_untrained.pt"
-CONFIG = DATA / "models" / "tiny_salad_untrained.json"
+DATA = Path(__file__).resolve().parents[1] / "vpr_ros" / "synth" / "data"
+GOLDEN = Path(__file__).resolve().parent / "data" / "golden" / "salad"
+CKPT = GOLDEN / "tiny_salad_state_dict.pt"
+CONFIG = GOLDEN / "config.json"
 MODEL_ARGS = ["--checkpoint", str(CKPT), "--config", str(CONFIG), "--image-size", "112", "112", "--device", "cpu"]
 T0 = 1_700_000_000 * 10**9
 SEC = 1_700_000_000

@@ -1,4 +1,4 @@
-"""Benchmark layouts in vpr_ros.datasets: generate each one, read it back, check the ground truth."""
+"""Benchmark layouts in vpr_ros.evaluation.datasets: generate each one, read it back, check the ground truth."""
 
 from __future__ import annotations
 
@@ -9,17 +9,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vpr_ros.datasets import (
+from vpr_ros.evaluation.datasets import (
     DATASETS,
     EvalDataset,
     MissingFilesError,
-    generate_dataset,
     load_dataset,
     nordland_positives,
     pittsburgh_from_mat,
     radius_positives,
 )
-from vpr_ros.evaluation import write_msls_predictions
+from vpr_ros.evaluation.recall import write_msls_predictions
+from vpr_ros.synth.eval_data import generate_dataset
 
 N = 6
 

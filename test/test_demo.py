@@ -13,9 +13,9 @@ os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 101)))
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from vpr_ros import demo  # noqa: E402
-from vpr_ros.place_map import PlaceMap  # noqa: E402
-from vpr_ros.route import SHORT, make_route  # noqa: E402
+from vpr_ros.maps.place_map import PlaceMap  # noqa: E402
+from vpr_ros.synth import demo  # noqa: E402
+from vpr_ros.synth.route import SHORT, make_route  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vpr_ros.datasets import EvalDataset
-from vpr_ros.evaluation import (
+from vpr_ros.evaluation.datasets import EvalDataset
+from vpr_ros.evaluation.recall import (
     K_EVAL,
     K_TRAIN_VALIDATION,
     DescriptorCache,
@@ -29,7 +29,7 @@ from vpr_ros.extractor import DescriptorExtractor
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "test" / "data" / "golden" / "salad"
-SCENES = sorted((REPO / "vpr_ros" / "data" / "scenes").glob("*.jpg"))
+SCENES = sorted((REPO / "vpr_ros" / "synth" / "data" / "scenes").glob("*.jpg"))
 SIZE = (224, 224)
 
 
@@ -195,13 +195,15 @@ def test_msls_predictions_and_result_files(extractor, tmp_path):
     assert "| scenes | exact |" in (tmp_path / "out" / "results.md").read_text()
 
 
-# -- generated datasets and the CLI (need vpr_ros.datasets) ------------------------------------------
+# -- generated datasets and the CLI (need vpr_ros.evaluation.datasets) ------------------------------------------
 
 
 @pytest.mark.parametrize("name", ["pitts30k_test", "msls_val", "nordland"])
 def test_generated_dataset_recalls(name, extractor, tmp_path):
-    datasets = pytest.importorskip("vpr_ros.datasets")
-    generated = datasets.generate_dataset(name, tmp_path / "data", seed=0, n_places=8)
+    from vpr_ros.evaluation import datasets
+    from vpr_ros.synth import eval_data
+
+    generated = eval_data.generate_dataset(name, tmp_path / "data", seed=0, n_places=8)
     ds = datasets.load_dataset(name, tmp_path / "data")
     assert ds.db_images == generated.db_images and ds.q_images == generated.q_images
     result = evaluate(extractor, ds, tmp_path / "cache", ks=K_EVAL)
@@ -220,9 +222,10 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_cli_eval_end_to_end(tmp_path):
-    datasets = pytest.importorskip("vpr_ros.datasets")
+    from vpr_ros.synth import eval_data
+
     for name in ("pitts30k_test", "msls_challenge"):
-        datasets.generate_dataset(name, tmp_path / "data", seed=1, n_places=6)
+        eval_data.generate_dataset(name, tmp_path / "data", seed=1, n_places=6)
     out = tmp_path / "out"
     common = ["--checkpoint", str(GOLDEN / "tiny_salad_state_dict.pt"), "--config", str(GOLDEN / "config.json"),
               "--data-root", str(tmp_path / "data"), "--image-size", "224", "224", "--batch-size", "4",
@@ -239,7 +242,7 @@ def test_cli_eval_end_to_end(tmp_path):
 
 
 def test_cli_missing_files_exit_2(tmp_path):
-    pytest.importorskip("vpr_ros.datasets")
+    pytest.importorskip("vpr_ros.evaluation.datasets")
     (tmp_path / "data").mkdir()
     proc = _cli("--checkpoint", str(GOLDEN / "tiny_salad_state_dict.pt"), "--config", str(GOLDEN / "config.json"),
                 "--datasets", "pitts30k_test", "sped", "--data-root", str(tmp_path / "data"),

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "test" / "data" / "golden"
 SALAD_CKPT = GOLDEN / "salad" / "tiny_salad_state_dict.pt"
 A2GC_CKPT = GOLDEN / "a2gc" / "state_dict.pt"
-SCENES = REPO / "vpr_ros" / "data" / "scenes"
+SCENES = REPO / "vpr_ros" / "synth" / "data" / "scenes"
 PHOTOS = sorted(SCENES.glob("*.jpg"))[:6]
 
 

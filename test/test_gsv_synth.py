@@ -1,4 +1,4 @@
-"""training.gsv_synth: GSV-Cities layout and names exactly, determinism, and validation views of the same places."""
+"""vpr_ros.synth.gsv: GSV-Cities layout and names exactly, determinism, and validation views of the same places."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.gsv_synth import (
+from vpr_ros.evaluation.datasets import load_dataset
+from vpr_ros.synth.gsv import (
     GSV_COLUMNS,
     SKIMAGE_PHOTOS,
     main,
@@ -20,7 +21,6 @@ from training.gsv_synth import (
     place_regions,
     skimage_photos,
 )
-from vpr_ros.datasets import load_dataset
 
 CITIES = ("Alphaville", "Betacity")
 PER_PHOTO, PER_PLACE, SIZE, SEED = 3, 4, 64, 5

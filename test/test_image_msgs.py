@@ -24,7 +24,7 @@ from vpr_ros import image_msgs
 from vpr_ros.image_msgs import SUPPORTED_ENCODINGS, BadFrame, image_to_rgb, stamp_of, to_uint8
 from vpr_ros.preprocess import load_image
 
-SCENES = Path(__file__).resolve().parents[1] / "vpr_ros" / "data" / "scenes"
+SCENES = Path(__file__).resolve().parents[1] / "vpr_ros" / "synth" / "data" / "scenes"
 TS = get_typestore(Stores.ROS2_KILTED)
 STAMP = (1_700_000_000, 123_456_789)
 

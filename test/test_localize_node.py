@@ -13,15 +13,16 @@ import torch
 from ros_harness import Client, image_msg, jpeg_msg, odom_msg, start_node, stop_node
 
 from vpr_ros.extractor import DescriptorExtractor
+from vpr_ros.maps.place_map import PlaceMap
 from vpr_ros.models import ModelConfig, VPRModel, dinov2_config, load_model
 from vpr_ros.models.salad import SaladConfig
-from vpr_ros.place_map import ModelIdentity, PlaceMap, Pose, to_stamp
 from vpr_ros.preprocess import load_image
+from vpr_ros.types import ModelIdentity, Pose, to_stamp
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "test" / "data" / "golden" / "salad"
 CKPT, CONFIG = GOLDEN / "tiny_salad_state_dict.pt", GOLDEN / "config.json"
-PHOTOS = sorted((REPO / "vpr_ros" / "data" / "scenes").glob("*.jpg"))
+PHOTOS = sorted((REPO / "vpr_ros" / "synth" / "data" / "scenes").glob("*.jpg"))
 SIZE = [224, 224]
 # Reliable image QoS: a best-effort frame sent while DDS discovery is still one-sided is lost
 # (the params-file test covers the default best-effort QoS with a handshake).

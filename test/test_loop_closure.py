@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vpr_ros.loop_closure import (
+from vpr_ros.loop_closure.calibration import calibrate
+from vpr_ros.loop_closure.policy import (
     LoopClosureConfig,
     LoopClosureDetector,
-    calibrate,
     temporally_consistent,
 )
-from vpr_ros.place_map import PlaceMap, Pose
+from vpr_ros.maps.place_map import PlaceMap
+from vpr_ros.types import Pose
 
 DIM = 96
 
@@ -168,15 +169,15 @@ def test_verification_rejects_a_higher_scoring_wrong_place_and_accepts_the_true_
 
     import torch
 
+    from vpr_ros.loop_closure.verification import compress_tokens
     from vpr_ros.models import load_model
     from vpr_ros.preprocess import load_image, preprocess_exact
-    from vpr_ros.verification import compress_tokens
 
     repo = Path(__file__).resolve().parents[1]
     golden = repo / "test" / "data" / "golden" / "salad"
     model = load_model(golden / "tiny_salad_state_dict.pt", config=json.loads((golden / "config.json").read_text()))
     names = ["graf1", "baboon", "sudoku", "fruits", "board", "graf3"]
-    images = [load_image(repo / "vpr_ros" / "data" / "scenes" / f"{n}.jpg") for n in names]
+    images = [load_image(repo / "vpr_ros" / "synth" / "data" / "scenes" / f"{n}.jpg") for n in names]
     with torch.no_grad():
         tokens = model.backbone.model.patch_embed(preprocess_exact(images, (322, 322))).numpy()
     feats = compress_tokens(tokens, (322, 322))

@@ -30,9 +30,9 @@ def test_installed_console_script_and_package_data() -> None:
     assert (bin_dir / "vpr-ros").exists()
     import vpr_ros
 
-    data = Path(vpr_ros.__file__).parent / "data"
+    data = Path(vpr_ros.__file__).parent / "synth" / "data"
     assert len(list((data / "scenes").glob("*.jpg"))) == 23
-    assert (data / "models" / "tiny_salad_untrained.pt").is_file()
+    assert sorted(p.name for p in (data / "models").iterdir()) == ["demo_salad.json", "demo_salad.pt"]
 
 
 def test_ruff_is_clean() -> None:
@@ -57,5 +57,5 @@ def test_launch_file_starts_the_installed_node_with_the_shipped_params() -> None
     ast.parse(source)
     assert 'executable="localize_node"' in source and 'name="vpr_localize"' in source
     assert '"localize.yaml"' in source and (REPO / "config" / "localize.yaml").is_file()
-    assert "localize_node = vpr_ros.localize_node:main" in (REPO / "setup.py").read_text()
+    assert "localize_node = vpr_ros.ros.node:main" in (REPO / "setup.py").read_text()
     assert (REPO / "config" / "localize.yaml").read_text().splitlines()[3:].count("/**:") == 1

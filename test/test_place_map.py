@@ -18,7 +18,9 @@ import faiss
 import numpy as np
 import pytest
 
-from vpr_ros.place_map import CorruptMapError, MapError, ModelIdentity, ModelMismatchError, PlaceMap, Pose
+from vpr_ros.errors import CorruptMapError, MapError, ModelMismatchError
+from vpr_ros.maps.place_map import PlaceMap
+from vpr_ros.types import ModelIdentity, Pose
 
 ROOT = Path(__file__).resolve().parents[1]
 T0, NS = 1_700_000_000, 123_456_789
@@ -257,7 +259,7 @@ def test_remove_everything_then_search(tmp_path):
 CHILD = r"""
 import os, signal, sys
 import numpy as np
-import vpr_ros.place_map as m
+import vpr_ros.maps.place_map as m
 
 path, step = sys.argv[1], sys.argv[2]
 pm = m.PlaceMap.load(path)

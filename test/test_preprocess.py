@@ -32,7 +32,7 @@ from vpr_ros.preprocess import (
 
 TEST_DIR = Path(__file__).resolve().parent
 GOLDEN = TEST_DIR / "data" / "golden"
-SCENES = TEST_DIR.parent / "vpr_ros" / "data" / "scenes"
+SCENES = TEST_DIR.parent / "vpr_ros" / "synth" / "data" / "scenes"
 
 ONE_LEVEL = 1.0 / 255.0 / min(IMAGENET_STD)  # largest normalized step of one uint8 level (0.0175)
 DECODER_TOLERANCE = 2 * ONE_LEVEL  # another libjpeg build may decode a pixel one level off

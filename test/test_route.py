@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vpr_ros.bag_io import read_frames
-from vpr_ros.demo_player import load_bag, message_class
-from vpr_ros.route import SHORT, RouteSpec, image_topic, make_route, warp_params, write_bags
+from vpr_ros.bags.reader import read_frames
+from vpr_ros.ros.player import load_bag, message_class
+from vpr_ros.synth.route import SHORT, RouteSpec, image_topic, make_route, warp_params, write_bags
 
 TINY = RouteSpec(map_places=2, revisit=(0, 1), novel_places=1, image_hz=2.0, pose_hz=10.0, image_size=(48, 64))
 

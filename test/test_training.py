@@ -1,5 +1,6 @@
 """Offline training: GSV-Cities data against the reference golden, freezing, a short CPU training
-run (loss falls, recall rises), export -> load_model, DDP on CPU, and clear data errors."""
+run (loss falls, recall rises), export / Lightning checkpoint -> load_model, the installed
+``vpr_ros.training`` entry points, DDP on CPU, and clear data errors."""
 
 from __future__ import annotations
 
@@ -20,14 +21,17 @@ from PIL import Image
 pytest.importorskip("pytorch_lightning")
 pytest.importorskip("pytorch_metric_learning")
 
-from training.__main__ import main as cli_main  # noqa: E402
-from training.export import export_lightning_checkpoint  # noqa: E402
-from training.gsv import GSVCitiesDataModule, GSVCitiesDataset, read_cities  # noqa: E402
-from training.gsv_synth import make_gsv_dataset, make_val_views, skimage_photos  # noqa: E402
-from training.module import VPRLightningModule  # noqa: E402
-from vpr_ros.datasets import load_dataset  # noqa: E402
+import pytorch_lightning as pl  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+from vpr_ros.evaluation.datasets import load_dataset  # noqa: E402
 from vpr_ros.models import VPRModel, load_model  # noqa: E402
 from vpr_ros.preprocess import preprocess_exact  # noqa: E402
+from vpr_ros.synth.gsv import make_gsv_dataset, make_val_views, skimage_photos  # noqa: E402
+from vpr_ros.training.__main__ import main as cli_main  # noqa: E402
+from vpr_ros.training.export import export_lightning_checkpoint, load_config  # noqa: E402
+from vpr_ros.training.gsv import GSVCitiesDataModule, GSVCitiesDataset, read_cities  # noqa: E402
+from vpr_ros.training.module import VPRLightningModule  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "test" / "data" / "golden" / "salad" / "gsv_dataset.json"
@@ -122,7 +126,7 @@ def test_unreadable_image_is_black_and_logged(golden_root: Path, golden: dict, c
     ds = GSVCitiesDataset(golden_root, read_cities(golden_root, golden["cities"]), seed=(0, 0))
     victim = ds.sample_paths(0)[0]
     victim.write_bytes(b"not a jpeg")
-    with caplog.at_level(logging.WARNING, logger="training.gsv"):
+    with caplog.at_level(logging.WARNING, logger="vpr_ros.training.gsv"):
         images, _ = ds[0]
     assert ds.unreadable == 1 and str(victim) in caplog.text
     assert ds.load(victim).getextrema() == ((0, 0),) * 3
@@ -137,13 +141,17 @@ def test_vitb_layout_freezes_all_but_last_four_blocks() -> None:
                            aggregator={"num_clusters": 4, "cluster_dim": 8, "token_dim": 8})
     trainable = {n for n, p in m.named_parameters() if p.requires_grad}
     frozen = {n for n, p in m.named_parameters() if not p.requires_grad}
-    blocks = {int(n.split(".")[3]) for n in trainable if ".blocks." in n}
+    assert all(n.startswith("model.") for n in trainable | frozen)  # the module only wraps a VPRModel
+    blocks = {int(n.split(".")[4]) for n in trainable if ".blocks." in n}
     assert blocks == {8, 9, 10, 11}
-    assert {"backbone.model.norm.weight", "aggregator.dust_bin"} <= trainable
-    assert all(n.startswith("aggregator.") for n in trainable if not n.startswith("backbone.model.blocks.")
-               and not n.startswith("backbone.model.norm."))
+    assert {"model.backbone.model.norm.weight", "model.aggregator.dust_bin"} <= trainable
+    assert all(n.startswith("model.aggregator.") for n in trainable
+               if not n.startswith(("model.backbone.model.blocks.", "model.backbone.model.norm.")))
     for name in ("cls_token", "pos_embed", "mask_token", "patch_embed.proj.weight", "blocks.7.mlp.fc2.bias"):
-        assert f"backbone.model.{name}" in frozen
+        assert f"model.backbone.model.{name}" in frozen
+    # the backbone freezes itself: a bare VPRModel of the same config has the same split
+    bare = {f"model.{n}" for n, p in VPRModel(m.model_config).named_parameters() if not p.requires_grad}
+    assert bare == frozen
 
     batch = torch.randn(2, 4, 3, 56, 56), torch.tensor([[1] * 4, [2] * 4])
     m.training_step(batch, 0).backward()
@@ -161,9 +169,10 @@ def test_from_scratch_trains_embeddings_and_needs_every_block() -> None:
           "aggregator": {"num_clusters": 4, "cluster_dim": 8, "token_dim": 8}}
     m = VPRLightningModule(**kw, num_trainable_blocks=2, train_embeddings=True)
     frozen = [n for n, p in m.named_parameters() if not p.requires_grad]
-    assert frozen == ["backbone.model.mask_token"]
+    assert frozen == ["model.backbone.model.mask_token"]
     m.training_step((torch.randn(2, 4, 3, 56, 56), torch.tensor([[1] * 4, [2] * 4])), 0).backward()
-    assert m.backbone.model.patch_embed.proj.weight.grad is not None and m.backbone.model.pos_embed.grad is not None
+    vit = m.model.backbone.model
+    assert vit.patch_embed.proj.weight.grad is not None and vit.pos_embed.grad is not None
     with pytest.raises(ValueError, match="train_embeddings needs every block trainable"):
         VPRLightningModule(**kw, num_trainable_blocks=1, train_embeddings=True)
     with pytest.raises(ValueError, match="unknown aggregator option"):
@@ -172,8 +181,45 @@ def test_from_scratch_trains_embeddings_and_needs_every_block() -> None:
 
 def test_a2gc_registry_model_builds() -> None:
     m = VPRLightningModule("a2gc_vitb14", backbone={"embed_dim": 64, "num_heads": 4, "img_size": 56})
-    assert m.model_config.arch == "a2gc" and m.aggregator.cfg.num_channels == 64
-    assert m.aggregator.cluster_geo.requires_grad and m(torch.randn(1, 3, 56, 56)).shape == (1, 8448)
+    assert m.model_config.arch == "a2gc" and m.model.aggregator.cfg.num_channels == 64
+    assert m.model.aggregator.cluster_geo.requires_grad and m(torch.randn(1, 3, 56, 56)).shape == (1, 8448)
+
+
+TINY_MODULE = {"backbone": {"embed_dim": 64, "depth": 2, "num_heads": 4, "img_size": 56},
+               "aggregator": {"num_clusters": 4, "cluster_dim": 8, "token_dim": 8}, "num_trainable_blocks": 1}
+
+
+def test_lightning_checkpoint_loads_with_load_model(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    module = VPRLightningModule(**TINY_MODULE)
+    places = TensorDataset(torch.randn(4, 4, 3, 56, 56), torch.arange(4).repeat_interleave(4).reshape(4, 4))
+    trainer = pl.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(module, DataLoader(places, batch_size=2))
+    ckpt = tmp_path / "module.ckpt"
+    trainer.save_checkpoint(ckpt, weights_only=True)
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    assert saved.keys() == {f"model.{k}" for k in VPRModel(module.model_config).state_dict()}
+
+    images = torch.randn(3, 3, 56, 56)
+    model = load_model(ckpt, config=load_config(module.model_config))
+    with torch.no_grad():
+        want = module.eval()(images)
+        torch.testing.assert_close(model(images), want, atol=0, rtol=0)
+    # a checkpoint of the earlier module (weights not under model.) still restores
+    old = tmp_path / "old_layout.ckpt"
+    torch.save({**torch.load(ckpt, weights_only=True), "state_dict": {k.removeprefix("model."): v
+                                                                      for k, v in saved.items()}}, old)
+    with torch.no_grad():
+        restored = VPRLightningModule.load_from_checkpoint(old, weights_only=True).eval()
+        torch.testing.assert_close(restored(images), want, atol=0, rtol=0)
+
+
+def test_installed_entry_point_runs_outside_the_checkout(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "vpr_ros.training", "--help"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "fit" in proc.stdout
 
 
 # -- a short training run -------------------------------------------------------------------------
@@ -242,8 +288,8 @@ def test_export_loads_with_load_model_and_matches_module(trained: dict, synth_da
         torch.testing.assert_close(last_ckpt(images), want, atol=1e-6, rtol=0)
 
     out = ckpt_dir / "cli_export" / "again.pt"
-    subprocess.run([sys.executable, "-m", "training.export", str(ckpt_dir / "last.ckpt"), str(out)],
-                   cwd=REPO, check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "vpr_ros.training.export", str(ckpt_dir / "last.ckpt"), str(out)],
+                   cwd=ckpt_dir, check=True, capture_output=True)
     again = torch.load(out, map_location="cpu", weights_only=True)
     assert all(torch.equal(again[k], sd[k]) for k in sd) and json.loads(out.with_suffix(".json").read_text())
 
@@ -262,11 +308,11 @@ def test_export_loads_with_load_model_and_matches_module(trained: dict, synth_da
 
 def test_ddp_two_processes_on_cpu(synth_data: tuple[Path, Path], tmp_path: Path) -> None:
     gsv, val = synth_data
-    cmd = [sys.executable, "-m", "training", "fit", *_cli_args(tmp_path, gsv, val),
+    cmd = [sys.executable, "-m", "vpr_ros.training", "fit", *_cli_args(tmp_path, gsv, val),
            "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu",
            "--trainer.max_epochs", "3", "--trainer.check_val_every_n_epoch", "3"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log_dir = next(tmp_path.glob("logs/version_*"))
     rows = _metric_rows(log_dir)

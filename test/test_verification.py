@@ -26,9 +26,7 @@ import numpy as np
 import pytest
 import torch
 
-from vpr_ros.models import load_model
-from vpr_ros.preprocess import load_image, preprocess_exact
-from vpr_ros.verification import (
+from vpr_ros.loop_closure.verification import (
     LocalFeatures,
     LocalFeatureSpec,
     Verification,
@@ -37,10 +35,12 @@ from vpr_ros.verification import (
     rerank,
     verify,
 )
+from vpr_ros.models import load_model
+from vpr_ros.preprocess import load_image, preprocess_exact
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "test" / "data" / "golden" / "salad"
-SCENES = REPO / "vpr_ros" / "data" / "scenes"
+SCENES = REPO / "vpr_ros" / "synth" / "data" / "scenes"
 SIZE = 322  # model input side: 23x23 patches
 REVISITS = [("graf1", "graf3"), ("aloeL", "aloeR"), ("basketball1", "basketball2"),
             ("Blender_Suzanne1", "Blender_Suzanne2")]

@@ -1,4 +1,4 @@
-"""vpr_ros.views: the geometry of warp_view is checked pixel by pixel, the randomness for determinism."""
+"""vpr_ros.synth.views: the geometry of warp_view is checked pixel by pixel, the randomness for determinism."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from skimage import data
 
-from vpr_ros.views import photometric, random_view, warp_view
+from vpr_ros.synth.views import photometric, random_view, warp_view
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""vpr_ros.visualize: MNN matching, line geometry, and every plot writes a readable PNG."""
+"""vpr_ros.plotting: MNN matching, line geometry, and every plot writes a readable PNG."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from vpr_ros import visualize as V
+from vpr_ros import plotting as V
 from vpr_ros.extractor import DescriptorExtractor
-from vpr_ros.place_map import ModelIdentity, PlaceMap
+from vpr_ros.maps.place_map import PlaceMap
+from vpr_ros.types import ModelIdentity
 
-SCENES = Path(__file__).resolve().parents[1] / "vpr_ros" / "data" / "scenes"
+SCENES = Path(__file__).resolve().parents[1] / "vpr_ros" / "synth" / "data" / "scenes"
 SIZE = (224, 224)
 
 
@@ -138,7 +139,7 @@ def test_plot_heatmaps(salad_ext, tmp_path):
 
 def test_plot_retrieval_and_recall(tmp_path):
     q = np.asarray(Image.open(SCENES / "aloeL.jpg").convert("RGB"))
-    tiles = [V.RetrievalTile(V._thumbnail(SCENES / "aloeR.jpg"), "id 1", 0.9, True),
+    tiles = [V.RetrievalTile(V.thumbnail(SCENES / "aloeR.jpg"), "id 1", 0.9, True),
              V.RetrievalTile(None, "id 7", 0.5, False)]
     a = _png(V.plot_retrieval(q, tiles, tmp_path / "r.png"))
     b = _png(V.plot_retrieval(q, [V.RetrievalTile(t.image, t.label, t.score) for t in tiles], tmp_path / "r2.png"))
@@ -157,10 +158,10 @@ def test_plot_retrieval_and_recall(tmp_path):
 
 
 def _parser():
-    from vpr_ros.cli import add_model_args
+    from vpr_ros.cli import visualize
 
     parser = argparse.ArgumentParser()
-    V.add_visualize_parser(parser.add_subparsers(dest="command", required=True), add_model_args)
+    visualize.add_parser(parser.add_subparsers(dest="command", required=True))
     return parser
 
 
@@ -194,7 +195,7 @@ def test_cli_all_subcommands(salad_ext, tiny_salad_path, salad_golden_dir, tmp_p
 
 def test_recall_plot_reads_eval_results(tmp_path: Path) -> None:
     """The results.json that `vpr-ros eval` writes plots directly."""
-    from vpr_ros.visualize import load_recall_json
+    from vpr_ros.plotting import load_recall_json
 
     results = {"meta": {}, "results": [
         {"dataset": "sped", "recalls": {"1": 0.5, "5": 0.9}, "index_kind": "fp16",

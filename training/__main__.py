@@ -1,7 +1,7 @@
-"""``python -m training fit|validate --config config/train_salad.yaml --data.root GSV_CITIES ...``
+"""``python -m vpr_ros.training fit|validate --config config/train_salad.yaml --data.root GSV_CITIES ...``
 
-A LightningCLI over :class:`training.module.VPRLightningModule` and
-:class:`training.gsv.GSVCitiesDataModule`: every constructor argument is a ``--model.*`` /
+A LightningCLI over :class:`vpr_ros.training.module.VPRLightningModule` and
+:class:`vpr_ros.training.gsv.GSVCitiesDataModule`: every constructor argument is a ``--model.*`` /
 ``--data.*`` option, and the Trainer's (``--trainer.devices``, ``--trainer.num_nodes``,
 ``--trainer.strategy ddp``...) give multi-GPU and multi-node training.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pytorch_lightning.cli import LightningCLI
 
-from training.gsv import GSVCitiesDataModule
-from training.module import VPRLightningModule
+from .gsv import GSVCitiesDataModule
+from .module import VPRLightningModule
 
 
 def main(args: list[str] | None = None) -> LightningCLI:
@@ -22,6 +22,12 @@ def main(args: list[str] | None = None) -> LightningCLI:
         save_config_kwargs={"overwrite": True},
         args=args,
     )
+
+
+def console_main() -> None:
+    """``vpr-ros-train``: console scripts ``sys.exit`` with the return value, and a LightningCLI
+    object there would print itself and exit 1."""
+    main()
 
 
 if __name__ == "__main__":

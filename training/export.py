@@ -5,7 +5,7 @@ The flat file is a ``torch.save``d state dict with exactly the keys of ``VPRMode
 cannot tell (head count of non-DINOv2 widths, dropout, solver settings, ``geo_lambda``); pass it
 as ``load_model(path, config=json.load(...))``.
 
-    python -m training.export LIGHTNING_CKPT OUT.pt     # writes OUT.pt and OUT.json
+    python -m vpr_ros.training.export LIGHTNING_CKPT OUT.pt     # writes OUT.pt and OUT.json
 """
 
 from __future__ import annotations
@@ -24,13 +24,24 @@ import torch
 from vpr_ros.models import ModelConfig
 from vpr_ros.models.loading import AGG_PREFIX, BACKBONE_PREFIX
 
+from .config import build_model_config
+
 EXPORT_FORMAT = "vpr_ros.training_export/1"
+MODULE_PREFIX = "model."  # VPRLightningModule.model: the wrapped VPRModel
 
 
 def flat_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The model's tensors (released key layout) from a LightningModule state dict, on the CPU."""
-    return {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()
-            if k.startswith((BACKBONE_PREFIX, AGG_PREFIX))}
+    """The model's tensors under their released keys, on the CPU.
+
+    Takes the LightningModule's state dict (``model.backbone.model.*``...; the loss and miner
+    hold no tensors) or one that is already flat, such as a released file.
+    """
+    flat = {}
+    for key, value in state_dict.items():
+        key = key.removeprefix(MODULE_PREFIX)
+        if key.startswith((BACKBONE_PREFIX, AGG_PREFIX)):
+            flat[key] = value.detach().to("cpu").contiguous()
+    return flat
 
 
 def load_config(cfg: ModelConfig) -> dict[str, Any]:
@@ -68,8 +79,6 @@ def export_flat(state_dict: Mapping[str, torch.Tensor], cfg: ModelConfig, out: s
 
 def export_lightning_checkpoint(ckpt: str | Path, out: str | Path) -> tuple[Path, Path]:
     """Export a checkpoint written by training (weights + ``hyper_parameters``)."""
-    from training.module import build_model_config
-
     obj = torch.load(ckpt, map_location="cpu", weights_only=True)
     if not isinstance(obj, Mapping) or "state_dict" not in obj or "hyper_parameters" not in obj:
         raise ValueError(f"{ckpt} is not a Lightning checkpoint of this training module "
@@ -102,8 +111,8 @@ class ExportFlatCheckpoint(pl.Callback):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", type=Path, help="Lightning checkpoint written by python -m training fit")
+    parser = argparse.ArgumentParser(prog="python -m vpr_ros.training.export", description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path, help="Lightning checkpoint written by python -m vpr_ros.training fit")
     parser.add_argument("out", type=Path, help="flat state-dict file to write (a .json goes next to it)")
     args = parser.parse_args(argv)
     if not args.checkpoint.is_file():

@@ -12,7 +12,7 @@ order with ``i * 100000`` added to the i-th city's place ids, places with fewer 
 shuffle is seeded with ``(seed, epoch)``, so every DDP rank sees the same order and takes its
 own share of it.
 
-Validation sets are read with :func:`vpr_ros.datasets.load_dataset` (standard benchmark layouts).
+Validation sets are read with :func:`vpr_ros.evaluation.datasets.load_dataset` (standard benchmark layouts).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import torchvision.transforms as T
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from vpr_ros.datasets import EvalDataset, load_dataset
+from vpr_ros.evaluation.datasets import EvalDataset, load_dataset
 from vpr_ros.preprocess import IMAGENET_MEAN, IMAGENET_STD, check_image_size, load_image, preprocess_exact
 
 LOG = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ GSV_CITIES: tuple[str, ...] = (
 CSV_COLUMNS: tuple[str, ...] = ("place_id", "year", "month", "northdeg", "city_id", "lat", "lon", "panoid")
 CITY_ID_OFFSET = 100_000  # the i-th city's place ids are shifted by i * 100000
 PAPER_VAL_SETS: tuple[str, ...] = ("pitts30k_val", "pitts30k_test", "msls_val")
-# Validation sets that vpr_ros.datasets does not list but that use a listed set's layout.
+# Validation sets that vpr_ros.evaluation.datasets does not list but that use a listed set's layout.
 
 _LAYOUT_HINT = (
     "expected GSV-Cities layout: <root>/Dataframes/<City>.csv with columns "
@@ -233,14 +233,14 @@ class GSVCitiesDataModule(pl.LightningDataModule):
     Args:
         root: GSV-Cities folder (``Dataframes/``, ``Images/``); needed for ``fit``.
         cities: CSV names under ``Dataframes/``; the i-th city's place ids get ``+ i * 100000``.
-        val_root: folder holding the validation sets in the layouts of ``vpr_ros.datasets``.
+        val_root: folder holding the validation sets in the layouts of ``vpr_ros.evaluation.datasets``.
         val_sets: dataset names, e.g. ``pitts30k_val``, ``pitts30k_test``, ``msls_val``.
         rand_augment_ops, rand_augment_magnitude: RandAugment of the training transform (paper: 3, 9).
         seed: place order and image choice are drawn from ``(seed, epoch)``.
         synthetic: generate ``root`` (and ``val_root`` as SPED) from photos when ``root`` has no
             ``Dataframes/`` yet, for CPU configs that must run with one command; keys: ``source``
             (skimage, scenes or a folder), ``places_per_photo``, ``images_per_place``,
-            ``image_size``, ``seed`` (see ``training.gsv_synth``).
+            ``image_size``, ``seed`` (see ``vpr_ros.synth.gsv``).
     """
 
     def __init__(
@@ -283,7 +283,7 @@ class GSVCitiesDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         if self.synthetic is None or self.root is None or (Path(self.root) / "Dataframes").is_dir():
             return
-        from training.gsv_synth import generate
+        from vpr_ros.synth.gsv import generate
 
         generate(Path(self.root), Path(self.val_root) if self.val_root else None, **self.synthetic)
 

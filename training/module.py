@@ -1,15 +1,14 @@
 """LightningModule: a ``vpr_ros.models`` SALAD / A²GC model trained with the multi-similarity loss.
 
-The module's children are named ``backbone`` and ``aggregator`` exactly as in ``VPRModel``, so its
-``state_dict`` (and the ``state_dict`` of its Lightning checkpoints) has the released key layout
-and ``vpr_ros.models.load_model`` reads both.
+The module wraps a ``VPRModel`` as ``self.model``, so its checkpoints key the weights
+``model.backbone.model.*`` / ``model.aggregator.*``: ``vpr_ros.models.load_model`` drops that
+prefix, and ``export`` writes the released flat layout without it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -18,68 +17,12 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from pytorch_metric_learning import distances, losses, miners
 
-from training.export import flat_state_dict
-from vpr_ros.evaluation import K_TRAIN_VALIDATION, recall_at_k
-from vpr_ros.models import (
-    DinoV2Config,
-    ModelConfig,
-    VPRModel,
-    dinov2_config,
-    get_spec,
-    load_backbone_weights,
-    read_checkpoint,
-)
+from vpr_ros.evaluation.recall import K_TRAIN_VALIDATION, recall_at_k
+from vpr_ros.models import VPRModel, load_backbone_weights, read_checkpoint
+from vpr_ros.models.loading import AGG_PREFIX, BACKBONE_PREFIX
 
-Overrides = Mapping[str, int | float | str | bool]
-
-
-def build_model_config(
-    model: str = "dino_salad",
-    backbone_arch: str | None = None,
-    backbone: Overrides | None = None,
-    aggregator: Overrides | None = None,
-    num_trainable_blocks: int = 4,
-    train_embeddings: bool = False,
-    **_: Any,
-) -> ModelConfig:
-    """Registry architecture ``model``, optionally on another DINOv2 size and with field overrides.
-
-    The aggregator's input width always follows the backbone width. Extra keyword arguments
-    (the module's other hyperparameters) are ignored, so ``build_model_config(**hparams)`` works.
-    """
-    base = get_spec(model).config
-    bb = dinov2_config(backbone_arch) if backbone_arch else base.backbone
-    bb = dataclasses.replace(bb, **_checked(DinoV2Config, backbone, "backbone"),
-                             num_trainable_blocks=num_trainable_blocks, train_embeddings=train_embeddings)
-    agg_cls = type(base.aggregator)
-    agg = dataclasses.replace(base.aggregator, **_checked(agg_cls, aggregator, "aggregator"), num_channels=bb.embed_dim)
-    return ModelConfig(bb, agg)
-
-
-def _checked(cls: type, overrides: Overrides | None, what: str) -> dict[str, Any]:
-    fields = {f.name for f in dataclasses.fields(cls)} - {"num_channels", "num_trainable_blocks", "train_embeddings"}
-    unknown = sorted(set(overrides or {}) - fields)
-    if unknown:
-        raise ValueError(f"unknown {what} option(s) {unknown} for {cls.__name__}; known: {sorted(fields)}")
-    return dict(overrides or {})
-
-
-def freeze_untrained(model: VPRModel | VPRLightningModule) -> None:
-    """``requires_grad=False`` on what the backbone runs without gradients, plus the unused mask token.
-
-    Frozen: patch embedding, CLS token, position table (unless ``train_embeddings``) and the first
-    ``depth - num_trainable_blocks`` blocks. Left trainable: the last blocks, the final norm, the
-    whole aggregator. The optimizer only receives trainable parameters, and DDP finds no unused ones.
-    """
-    cfg = model.backbone.cfg
-    vit = model.backbone.model
-    frozen: list[torch.nn.Parameter] = [vit.mask_token]
-    if not cfg.train_embeddings:
-        frozen += [vit.cls_token, vit.pos_embed, *vit.patch_embed.parameters()]
-    for block in vit.blocks[: max(0, cfg.depth - cfg.num_trainable_blocks)]:
-        frozen += list(block.parameters())
-    for p in frozen:
-        p.requires_grad_(False)
+from .config import build_model_config
+from .export import MODULE_PREFIX, flat_state_dict
 
 
 class VPRLightningModule(pl.LightningModule):
@@ -93,7 +36,8 @@ class VPRLightningModule(pl.LightningModule):
         backbone: DinoV2Config field overrides, e.g. a tiny ViT ``{embed_dim: 64, depth: 2,
             num_heads: 4, img_size: 112}``.
         aggregator: SaladConfig / A2GCConfig field overrides, e.g. ``{num_clusters: 8}``.
-        num_trainable_blocks: last ViT blocks that train (4 in the paper); ``depth`` for all.
+        num_trainable_blocks: last ViT blocks that train (4 in the paper); ``depth`` for all. The
+            others are frozen by ``DinoV2Backbone`` itself.
         train_embeddings: also train patch/position embeddings and CLS token (from scratch;
             needs ``num_trainable_blocks >= depth``).
         backbone_weights: official DINOv2 weights file (``dinov2_vitb14_pretrain.pth``) loaded into
@@ -131,11 +75,7 @@ class VPRLightningModule(pl.LightningModule):
         self.save_hyperparameters()
         self.model_config = build_model_config(model, backbone_arch, backbone, aggregator, num_trainable_blocks,
                                                train_embeddings)
-        self.cfg = self.model_config  # what VPRModel.check_input and load_backbone_weights read
-        net = VPRModel(self.model_config)
-        self.backbone = net.backbone
-        self.aggregator = net.aggregator
-        freeze_untrained(self)
+        self.model = VPRModel(self.model_config)
         self.loss_fn = losses.MultiSimilarityLoss(alpha=ms_alpha, beta=ms_beta, base=ms_base,
                                                   distance=distances.DotProductSimilarity())
         self.miner = miners.MultiSimilarityMiner(epsilon=miner_epsilon, distance=distances.CosineSimilarity())
@@ -144,26 +84,30 @@ class VPRLightningModule(pl.LightningModule):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Unit-norm float32 descriptors ``[B, D]`` (what ``VPRModel`` returns)."""
-        VPRModel.check_input(self, images)  # type: ignore[arg-type]  # reads only .cfg
-        return self.aggregator(self.backbone(images)).float()
+        return self.model(images)
 
     def to_vpr_model(self) -> VPRModel:
         """A standalone ``VPRModel`` (CPU, eval mode) with a copy of the current weights."""
         net = VPRModel(self.model_config, init_weights=False)
-        net.load_state_dict(flat_state_dict(self.state_dict()), strict=True)
+        net.load_state_dict(self.model.state_dict(), strict=True)
         return net.eval()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Checkpoints of the earlier module, which held backbone/aggregator itself, keep loading.
+        sd = checkpoint.get("state_dict", {})
+        if sd and not any(k.startswith(MODULE_PREFIX) for k in sd):
+            checkpoint["state_dict"] = {
+                (MODULE_PREFIX + k if k.startswith((BACKBONE_PREFIX, AGG_PREFIX)) else k): v for k, v in sd.items()}
 
     # -- training ---------------------------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
         # Before a resumed checkpoint is restored, so resuming keeps the trained weights.
         if stage == "fit" and self.hparams.backbone_weights:
-            load_backbone_weights(self, self.hparams.backbone_weights)  # type: ignore[arg-type]  # .cfg/.backbone
-            freeze_untrained(self)
+            load_backbone_weights(self.model, self.hparams.backbone_weights)  # keeps requires_grad
             rank_zero_info(f"backbone initialised from {self.hparams.backbone_weights}")
         if stage == "fit" and self.hparams.init_checkpoint:
-            sd = flat_state_dict(read_checkpoint(self.hparams.init_checkpoint)[0])
-            self.load_state_dict({**self.state_dict(), **sd}, strict=True)
+            self.model.load_state_dict(flat_state_dict(read_checkpoint(self.hparams.init_checkpoint)[0]), strict=True)
             rank_zero_info(f"model initialised from {self.hparams.init_checkpoint}")
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:

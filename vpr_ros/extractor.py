@@ -7,17 +7,21 @@ most of its precision in 16-bit floats for little gain in time.
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from vpr_ros.models import VPRModel
+from vpr_ros.errors import CheckpointError, InputError, MissingFileError
+from vpr_ros.models import VPRModel, load_model
 from vpr_ros.preprocess import (
     DEFAULT_IMAGE_SIZE,
     check_image_size,
@@ -25,6 +29,7 @@ from vpr_ros.preprocess import (
     preprocess_exact,
     preprocess_fast,
 )
+from vpr_ros.types import ModelIdentity
 
 LOG = logging.getLogger(__name__)
 
@@ -38,7 +43,7 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no CUDA GPU is available; use 'cpu' or 'auto'")
+        raise InputError("device 'cuda' requested but no CUDA GPU is available; use 'cpu' or 'auto'")
     return device
 
 
@@ -86,11 +91,11 @@ class DescriptorExtractor:
         compile: bool = False,
     ) -> None:
         if precision not in ("fp32", *_DTYPES):
-            raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+            raise InputError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
         if resize not in ("exact", "fast"):
-            raise ValueError(f"resize must be 'exact' or 'fast', got {resize!r}")
+            raise InputError(f"resize must be 'exact' or 'fast', got {resize!r}")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
         self.image_size = check_image_size(image_size)
         self.device = resolve_device(device)
         self.precision = precision
@@ -103,6 +108,11 @@ class DescriptorExtractor:
     @property
     def descriptor_dim(self) -> int:
         return self.model.descriptor_dim
+
+    @property
+    def identity(self) -> ModelIdentity:
+        """What a place map records and checks: architecture, input size, checkpoint hash."""
+        return ModelIdentity.of(self.model, self.image_size)
 
     def preprocess(self, images: Sequence) -> torch.Tensor:
         """Images (paths, RGB uint8 arrays, PIL images) -> normalised batch on the device."""
@@ -147,3 +157,54 @@ class DescriptorExtractor:
             self.forward(dummy)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+def sidecar_path(checkpoint: str | os.PathLike) -> Path:
+    """The ``.json`` that training's export writes next to a checkpoint (``model.pt`` -> ``model.json``)."""
+    return Path(checkpoint).with_suffix(".json")
+
+
+def read_model_options(checkpoint: str | os.PathLike | Mapping[str, Any], config: str | os.PathLike | Mapping[str, Any] | None = None,
+                       ) -> dict[str, Any] | None:
+    """Model options for ``checkpoint``: ``config`` (a JSON file or a dict) when given, else the
+    checkpoint's sidecar ``.json`` when there is one, else None (shapes alone decide)."""
+    if isinstance(config, Mapping):
+        return dict(config)
+    if config is None and isinstance(checkpoint, Mapping):
+        return None  # an in-memory state dict has no sidecar
+    path = Path(config) if config is not None else sidecar_path(checkpoint)
+    if config is None and not path.is_file():
+        return None
+    try:
+        options = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise MissingFileError(f"model config not found: {path}") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} is not a readable JSON model config: {exc}") from exc
+    if not isinstance(options, dict):
+        raise CheckpointError(f"{path} must hold a JSON object of model options, got {type(options).__name__}")
+    return options
+
+
+def load_extractor(
+    checkpoint: str | os.PathLike | Mapping[str, Any],
+    config: str | os.PathLike | Mapping[str, Any] | None = None,
+    image_size: Sequence[int] | None = None,
+    device: str | torch.device | None = "auto",
+    precision: Precision = "fp32",
+    batch_size: int = 16,
+    resize: Literal["exact", "fast"] = "exact",
+    compile: bool = False,
+) -> DescriptorExtractor:
+    """The one way to turn a checkpoint into a ready extractor (CLI, node, demo and benchmarks).
+
+    ``checkpoint`` is a file (or an in-memory state dict). Model options come from ``config`` or
+    the checkpoint's sidecar ``.json`` (see :func:`read_model_options`); the input size from
+    ``image_size``, else the options' ``image_size``, else SALAD's 322x322.
+    """
+    options = read_model_options(checkpoint, config)
+    model = load_model(checkpoint, config=options)
+    size = image_size or (options or {}).get("image_size") or DEFAULT_IMAGE_SIZE
+    where = "a state dict" if isinstance(checkpoint, Mapping) else checkpoint
+    LOG.info("model %s from %s at %sx%s", model.cfg.describe(), where, *size)
+    return DescriptorExtractor(model, tuple(int(s) for s in size), device, precision, batch_size, resize, compile)

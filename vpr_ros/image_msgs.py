@@ -43,13 +43,7 @@ import numpy as np
 from PIL import Image as PILImage
 from rosbags.image import message_to_cvimage
 
-
-class BadFrame(ValueError):
-    """A message that cannot become an image; ``reason`` is a short, countable category."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
+from vpr_ros.errors import BadFrame
 
 
 class _Raw(NamedTuple):

@@ -50,6 +50,8 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from PIL import Image
 
+from vpr_ros.errors import InputError, MissingFileError
+
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 PATCH_SIZE: int = 14
@@ -80,7 +82,7 @@ def check_image_size(size: Sequence[int]) -> tuple[int, int]:
     except TypeError:
         dims = ()
     if len(dims) != 2 or any(isinstance(d, bool) or not isinstance(d, (int, np.integer)) for d in dims):
-        raise ValueError(f"image size must be a pair of ints (H, W), got {size!r}")
+        raise InputError(f"image size must be a pair of ints (H, W), got {size!r}")
     h, w = int(dims[0]), int(dims[1])
     if h > 0 and w > 0 and h % PATCH_SIZE == 0 and w % PATCH_SIZE == 0:
         return h, w
@@ -88,7 +90,7 @@ def check_image_size(size: Sequence[int]) -> tuple[int, int]:
     down = (_round_to_patch(h, up=False), _round_to_patch(w, up=False))
     options = sorted({up, down}, key=lambda c: (abs(c[0] - h) + abs(c[1] - w), -c[0] - c[1]))
     problem = "must be positive" if h <= 0 or w <= 0 else f"is not a multiple of the patch size {PATCH_SIZE}"
-    raise ValueError(f"image size {(h, w)} {problem}; use {' or '.join(map(str, options))}")
+    raise InputError(f"image size {(h, w)} {problem}; use {' or '.join(map(str, options))}")
 
 
 def load_image(path: PathLike) -> np.ndarray:
@@ -100,14 +102,14 @@ def load_image(path: PathLike) -> np.ndarray:
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"image file not found: {path}")
+        raise MissingFileError(f"image file not found: {path}")
     with open(path, "rb") as fh:  # permission / directory errors surface as themselves
         try:
             with Image.open(fh) as img:
                 img.load()
                 rgb = img.convert("RGB")
         except _DECODE_ERRORS as exc:
-            raise ValueError(f"{path} is not a readable image: {exc}") from exc
+            raise InputError(f"{path} is not a readable image: {exc}") from exc
     return np.array(rgb, dtype=np.uint8)
 
 
@@ -120,23 +122,23 @@ def to_rgb(image: np.ndarray, color: ColorOrder = "rgb") -> np.ndarray:
     inconsistent encoding.
     """
     if color not in ("rgb", "bgr", "mono"):
-        raise ValueError(f"color must be 'rgb', 'bgr' or 'mono', got {color!r}")
+        raise InputError(f"color must be 'rgb', 'bgr' or 'mono', got {color!r}")
     if not isinstance(image, np.ndarray):
-        raise ValueError(f"expected a numpy array, got {type(image).__name__}")
+        raise InputError(f"expected a numpy array, got {type(image).__name__}")
     if image.size == 0:
-        raise ValueError(f"empty image array of shape {image.shape}")
+        raise InputError(f"empty image array of shape {image.shape}")
     if image.dtype == np.uint16:
         image = ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
     elif image.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 or uint16 image, got dtype {image.dtype}")
+        raise InputError(f"expected a uint8 or uint16 image, got dtype {image.dtype}")
 
     if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
         gray = image.reshape(image.shape[0], image.shape[1], 1)
         return np.ascontiguousarray(np.repeat(gray, 3, axis=2))
     if image.ndim != 3 or image.shape[2] not in (3, 4):
-        raise ValueError(f"expected an image of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {image.shape}")
+        raise InputError(f"expected an image of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {image.shape}")
     if color == "mono":
-        raise ValueError(f"color='mono' but the image has {image.shape[2]} channels (shape {image.shape})")
+        raise InputError(f"color='mono' but the image has {image.shape[2]} channels (shape {image.shape})")
     rgb = image[:, :, :3]
     if color == "bgr":
         rgb = rgb[:, :, ::-1]
@@ -152,7 +154,7 @@ def _as_sequence(images: object) -> Sequence:
             f"a numpy batch must have shape (B, H, W, C), got {images.shape}; wrap a single image in a list"
         )
     if len(images) == 0:  # type: ignore[arg-type]
-        raise ValueError("no images given")
+        raise InputError("no images given")
     return images  # type: ignore[return-value]
 
 
@@ -187,17 +189,17 @@ def _uint8_batch_chw(images: object) -> list[torch.Tensor]:
         images = _tensor_from_array(np.ascontiguousarray(images))
     if isinstance(images, torch.Tensor):
         if images.dtype != torch.uint8 or images.ndim != 4:
-            raise ValueError(
+            raise InputError(
                 f"expected a uint8 tensor [B, H, W, 3] or [B, 3, H, W], got {images.dtype} {tuple(images.shape)}"
             )
         last, second = images.shape[-1] == 3, images.shape[1] == 3
         if last and second:
-            raise ValueError(f"ambiguous layout for tensor of shape {tuple(images.shape)}")
+            raise InputError(f"ambiguous layout for tensor of shape {tuple(images.shape)}")
         if last:
             return [images.permute(0, 3, 1, 2)]
         if second:
             return [images]
-        raise ValueError(f"expected 3 channels in a [B, H, W, 3] or [B, 3, H, W] tensor, got {tuple(images.shape)}")
+        raise InputError(f"expected 3 channels in a [B, H, W, 3] or [B, 3, H, W] tensor, got {tuple(images.shape)}")
     arrays = []
     for item in _as_sequence(images):
         if not isinstance(item, np.ndarray):
@@ -256,7 +258,7 @@ def _resize_rounded(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def to_uint8_image(tensor: torch.Tensor) -> np.ndarray:
     """Undo Normalize on one model input [3, H, W] to an RGB uint8 (H, W, 3) array, e.g. for plots."""
     if tensor.ndim != 3 or tensor.shape[0] != 3:
-        raise ValueError(f"expected a tensor of shape [3, H, W], got {tuple(tensor.shape)}")
+        raise InputError(f"expected a tensor of shape [3, H, W], got {tuple(tensor.shape)}")
     mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
     x = tensor.detach().to("cpu", torch.float32) * std + mean

@@ -115,9 +115,9 @@ def _nearest(side: int) -> int:
 class DinoV2Backbone(nn.Module):
     """Backbone wrapper used by SALAD and A²GC: ``images -> (patch map [B,C,h,w], CLS [B,C])``.
 
-    The embeddings and the first ``depth - num_trainable_blocks`` blocks (none if that is
-    negative) run without gradients, so they stay frozen during training, unless
-    ``train_embeddings`` (from scratch); at inference this changes nothing.
+    The parameters that ``cfg`` says do not train are frozen at construction (see
+    :meth:`freeze_untrained`), so every user of the model, not only the training code, gets the
+    same split; at inference this changes nothing.
     """
 
     def __init__(self, cfg: DinoV2Config, init_weights: bool = True) -> None:
@@ -132,21 +132,32 @@ class DinoV2Backbone(nn.Module):
         self.cfg = cfg
         self.num_channels = cfg.embed_dim
         self.model = DinoVisionTransformer(cfg, init_weights=init_weights)
+        self.freeze_untrained()
+
+    def frozen_parameters(self) -> list[nn.Parameter]:
+        """What does not train: the unused mask token, the patch/position embeddings and CLS token
+        (unless ``train_embeddings``) and the first ``depth - num_trainable_blocks`` blocks."""
+        vit = self.model
+        frozen = [vit.mask_token]
+        if not self.cfg.train_embeddings:
+            frozen += [vit.cls_token, vit.pos_embed, *vit.patch_embed.parameters()]
+        for block in vit.blocks[: max(0, len(vit.blocks) - self.cfg.num_trainable_blocks)]:
+            frozen += block.parameters()
+        return frozen
+
+    def freeze_untrained(self) -> None:
+        """``requires_grad=False`` on :meth:`frozen_parameters`: the optimizer then skips them, DDP
+        finds no unused parameters, and as images do not require gradients no activations of the
+        frozen prefix are kept for backward (the memory a ``no_grad`` prefix would save)."""
+        for p in self.frozen_parameters():
+            p.requires_grad_(False)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the patch map ``[B, C, H/14, W/14]`` and the CLS token ``[B, C]``."""
         b, _, height, width = images.shape
         vit = self.model
-        frozen = max(0, len(vit.blocks) - self.cfg.num_trainable_blocks)
-        if self.cfg.train_embeddings:  # from scratch: no frozen part (checked in __init__)
-            x = vit.prepare_tokens(images)
-        else:
-            with torch.no_grad():
-                x = vit.prepare_tokens(images)
-                for block in vit.blocks[:frozen]:
-                    x = block(x)
-            x = x.detach()
-        for block in vit.blocks[frozen:]:
+        x = vit.prepare_tokens(images)
+        for block in vit.blocks:
             x = block(x)
         if self.cfg.norm_layer:
             x = vit.norm(x)

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from vpr_ros.errors import CheckpointError, MissingFileError
 from vpr_ros.models.a2gc import A2GCConfig
 from vpr_ros.models.dinov2 import HEAD_DIM, PATCH_SIZE, DinoV2Config
 from vpr_ros.models.salad import SaladConfig
@@ -33,10 +34,6 @@ Source = str | os.PathLike | Mapping[str, Any]
 ZIP_MAGIC = b"PK\x03\x04"
 BACKBONE_PREFIX = "backbone.model."
 AGG_PREFIX = "aggregator."
-
-
-class CheckpointError(ValueError):
-    """A file or state dict that is not a usable checkpoint for the requested model."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -52,7 +49,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[StateDict, str]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise MissingFileError(f"checkpoint not found: {path}")
     size = path.stat().st_size
     if size == 0:
         raise CheckpointError(f"{path} is empty (0 bytes): the download or copy did not finish")
@@ -106,7 +103,11 @@ def _zip_intact(path: Path) -> bool:
 
 
 def unwrap_state_dict(obj: Any, name: str = "checkpoint") -> StateDict:
-    """Accept a flat state dict or a Lightning checkpoint (``state_dict`` key)."""
+    """Accept a flat state dict or a Lightning checkpoint (``state_dict`` key).
+
+    The training LightningModule holds its ``VPRModel`` as ``self.model``, so its checkpoints key
+    the weights ``model.backbone.model.*`` / ``model.aggregator.*``; that ``model.`` is dropped.
+    """
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not obj:
@@ -114,6 +115,10 @@ def unwrap_state_dict(obj: Any, name: str = "checkpoint") -> StateDict:
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not torch.is_tensor(v)]
     if bad:
         raise CheckpointError(f"{name} is not a state dict: non-tensor entries {bad[:5]}")
+    if all(k.startswith("model.") for k in obj):
+        inner = {k[len("model."):]: v for k, v in obj.items()}
+        if all(k.startswith((BACKBONE_PREFIX, AGG_PREFIX)) for k in inner):
+            return inner
     return dict(obj)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vpr_ros.errors import InputError
 from vpr_ros.models.a2gc import A2GCConfig
 from vpr_ros.models.dinov2 import dinov2_config
 from vpr_ros.models.salad import SaladConfig
@@ -63,7 +64,7 @@ MODELS: dict[str, ModelSpec] = {
 def get_spec(name: str) -> ModelSpec:
     """Spec of a registered model; the error lists the known names."""
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+        raise InputError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
     return MODELS[name]
 
 

@@ -1,0 +1,1 @@
+"""Rosbags in and out: reading frames and poses, writing test bags, geodesy, offline map building."""

@@ -1,0 +1,170 @@
+"""``vpr-ros build-map``, ``map-info`` and ``query``: place maps from rosbags and what is in them."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from vpr_ros.cli.common import LOG, add_model_args, make_extractor
+from vpr_ros.errors import InputError
+from vpr_ros.types import format_stamp
+
+
+def cmd_build_map(args: argparse.Namespace) -> int:
+    """Place map from rosbags; the bags and topics are checked before the model loads."""
+    from vpr_ros.bags.mapping import build_map
+    from vpr_ros.bags.reader import BagError, check_bag
+    from vpr_ros.maps.index_kinds import IndexKind
+
+    IndexKind.parse(args.index)
+    frames = sum(check_bag(bag, args.image_topic, args.pose_topic) for bag in args.bag)
+    LOG.info("%d image messages on %s in %d bag(s)", frames, args.image_topic, len(args.bag))
+    extractor = make_extractor(args)
+    try:
+        summary = build_map(args.bag, extractor, args.out, image_topic=args.image_topic, pose_topic=args.pose_topic,
+                            min_distance=args.min_distance, min_period=args.min_period, novelty=args.novelty,
+                            start=args.start, end=args.end, max_pose_gap=args.max_pose_gap, index=args.index,
+                            append=args.append)
+    except FileExistsError as exc:
+        LOG.error("%s", exc)
+        return 2
+    except BagError as exc:
+        if getattr(exc, "summary", None) is not None:
+            print(exc.summary.format())
+        LOG.error("%s", exc)
+        return 2
+    print(summary.format())
+    return 0
+
+
+def _pose_text(pose) -> str:
+    """Position, yaw about z and frame of a pose, for one line of text."""
+    if pose is None:
+        return "no pose"
+    x, y, z, w = pose.orientation
+    yaw = np.degrees(np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z)))
+    px, py, pz = pose.position
+    return f"pose ({px:.2f}, {py:.2f}, {pz:.2f}) yaw {yaw:.1f} deg [{pose.frame_id}]"
+
+
+
+
+def cmd_map_info(args: argparse.Namespace) -> int:
+    """Manifest, counts, time span, pose extent and sources of a saved place map."""
+    from collections import Counter
+    from datetime import datetime, timezone
+
+    from vpr_ros.maps.place_map import FORMAT, PlaceMap
+
+    info = PlaceMap.info(args.map)
+    pm = PlaceMap.load(args.map)
+    ids = pm.ids()
+    model = info.model
+    print(f"map          {args.map}")
+    print(f"format       {FORMAT} v{info.version}")
+    print(f"places       {len(pm)} (next id {info.next_id})")
+    print(f"index        {pm.kind.name} ({'trained' if pm.trained else 'exact until trained'}), {pm.dim}-d descriptors")
+    if model is None:
+        print("model        unknown (map saved without a model identity)")
+    else:
+        print(f"model        {model.arch}, input {model.image_size[0]}x{model.image_size[1]}, "
+              f"checkpoint sha256 {model.checkpoint_sha256 or 'unknown'}")
+    if pm.enu_origin is not None:
+        print("enu origin   lat {:.9f}, lon {:.9f}, alt {:.3f}".format(*pm.enu_origin))
+    if len(ids) == 0:
+        return 0
+    stamps = pm.stamps()[ids]
+    first, last = (datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds") for t in (stamps.min(),
+                                                                                                 stamps.max()))
+    print(f"time span    {stamps.min():.3f} .. {stamps.max():.3f} s ({stamps.max() - stamps.min():.1f} s; "
+          f"{first} .. {last})")
+    positions = pm.positions()[ids]
+    has_pose = ~np.isnan(positions[:, 0])
+    frames = Counter(pm.place(int(i)).pose.frame_id for i in ids[has_pose])
+    print(f"poses        {int(has_pose.sum())} of {len(ids)} places" +
+          (f" in {', '.join(f'{f} ({n})' for f, n in frames.items())}" if frames else ""))
+    if has_pose.any():
+        lo, hi = positions[has_pose].min(axis=0), positions[has_pose].max(axis=0)
+        print("extent       " + "  ".join(f"{a} [{lo[i]:.2f}, {hi[i]:.2f}]" for i, a in enumerate("xyz")))
+    for source, n in Counter(pm.place(int(i)).source for i in ids).most_common():
+        print(f"source       {source or '(none)'}: {n} places")
+    return 0
+
+
+def _montage_path(out: Path, i: int, n: int) -> Path:
+    return out if n == 1 else out.with_name(f"{out.stem}-{i}{out.suffix}")
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    """Top-k places of each query image, with scores, stamps and poses; optional montage PNG."""
+    from vpr_ros.bags.reader import place_image
+    from vpr_ros.maps.place_map import PlaceMap
+    from vpr_ros.preprocess import load_image
+
+    if args.k < 1:
+        raise InputError(f"--k must be >= 1, got {args.k}")
+    images = [load_image(p) for p in args.images]
+    model = PlaceMap.info(args.map).model
+    if args.image_size is None and model is not None:  # describe queries at the size the map was built with
+        args.image_size = model.image_size
+    extractor = make_extractor(args)
+    pm = PlaceMap.load(args.map, extractor.identity)
+    scores, ids = pm.search(extractor.describe(images), args.k)
+    bags = {b.name: b for b in args.bag or []}
+    for qi, path in enumerate(args.images):
+        print(f"query {path}")
+        places = [(float(s), pm.place(int(i))) for s, i in zip(scores[qi], ids[qi], strict=True) if i >= 0]
+        for rank, (score, place) in enumerate(places, 1):
+            print(f"  #{rank} id {place.id}  score {score:.4f}  stamp {format_stamp(place.stamp_ns)}  "
+                  f"{_pose_text(place.pose)}")
+        if args.montage:
+            from vpr_ros.plotting import RetrievalTile, plot_retrieval
+
+            tiles = [RetrievalTile(place_image(p, bags), f"id {p.id} t={format_stamp(p.stamp_ns)}\n"
+                                   f"{_pose_text(p.pose).split(' [')[0]}", s) for s, p in places]
+            out = plot_retrieval(images[qi], tiles, _montage_path(args.montage, qi, len(args.images)),
+                                 f"{path.name}: top-{len(tiles)} places")
+            print(f"  montage {out}")
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """``build-map``, ``map-info`` and ``query``: place maps from rosbags and what is in them."""
+    p = sub.add_parser("build-map", help="build a place map from rosbags (ROS 1 .bag, ROS 2 sqlite3/mcap)")
+    p.add_argument("--bag", action="append", required=True, type=Path, metavar="PATH",
+                   help="bag file or ROS 2 bag folder; repeat for several bags, read in the order given")
+    p.add_argument("--image-topic", required=True, help="sensor_msgs/Image or CompressedImage topic")
+    p.add_argument("--pose-topic", help="nav_msgs/Odometry, geometry_msgs/PoseStamped, "
+                                        "PoseWithCovarianceStamped or sensor_msgs/NavSatFix (local ENU metres)")
+    add_model_args(p)
+    p.add_argument("--out", required=True, type=Path, help="place map folder to write")
+    p.add_argument("--index", default="flat", help="index kind: flat fp16 pca<N> ivfpq pca<N>ivf hnsw (default flat)")
+    p.add_argument("--min-distance", type=float, default=0.0, metavar="M",
+                   help="metres between keyframes (frames without a pose are not dropped by it)")
+    p.add_argument("--min-period", type=float, default=0.0, metavar="S", help="seconds between keyframes")
+    p.add_argument("--novelty", type=float, metavar="SIM",
+                   help="skip a frame whose cosine similarity to the last keyframe is above SIM (e.g. 0.9)")
+    p.add_argument("--start", type=float, metavar="S", help="seconds after the recording's first message")
+    p.add_argument("--end", type=float, metavar="S", help="seconds after the recording's first message")
+    p.add_argument("--max-pose-gap", type=float, default=0.5, metavar="S",
+                   help="no pose is interpolated across pose samples further apart than this (default 0.5)")
+    p.add_argument("--append", action="store_true", help="add to an existing map built by the same model")
+    p.set_defaults(func=cmd_build_map)
+    p = sub.add_parser("map-info", help="what a place map holds: model, counts, time span, pose extent")
+    p.add_argument("map", type=Path)
+    p.set_defaults(func=cmd_map_info)
+    p = sub.add_parser("query", help="top-k places of a place map for query images")
+    p.add_argument("map", type=Path)
+    p.add_argument("images", nargs="+", type=Path)
+    add_model_args(p)
+    p.set_defaults(image_size=None)  # default: the map's input size
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--montage", type=Path, metavar="PNG",
+                   help="write the query and its candidates (frames read back from the source bags)")
+    p.add_argument("--bag", action="append", type=Path, metavar="PATH",
+                   help="where a source bag is now, if it moved (matched by file name)")
+    p.set_defaults(func=cmd_query)
+
+

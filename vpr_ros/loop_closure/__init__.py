@@ -1,0 +1,1 @@
+"""Loop-closure decisions over a place map: gates, geometric verification, threshold calibration, match records."""

@@ -1,0 +1,70 @@
+"""The loop-closure threshold for a target false-positive rate, estimated from a map alone."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vpr_ros.errors import InputError
+from vpr_ros.maps.place_map import PlaceMap
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Result of :func:`calibrate`."""
+
+    threshold: float
+    target_fpr: float
+    negatives: int  # queries whose best non-revisit score was measured
+    quantiles: dict[str, float]  # of the best non-revisit score: p50, p90, p99, max
+
+
+def calibrate(
+    place_map: PlaceMap,
+    target_fpr: float = 0.01,
+    min_separation_s: float = 60.0,
+    min_distance_m: float = 30.0,
+    sample: int = 2000,
+    k: int = 50,
+    seed: int = 0,
+) -> Calibration:
+    """Threshold for a target false-positive rate, estimated from the map itself.
+
+    Each sampled place is queried against the map; among its top-``k`` results, places at least
+    ``min_separation_s`` apart in time and, when both have poses, ``min_distance_m`` apart in
+    space count as non-revisits. The threshold is the ``1 - target_fpr`` quantile of each
+    query's best non-revisit score: a query with no true revisit then produces a candidate
+    above it with probability ``target_fpr``. Queries whose top-``k`` are all revisits contribute
+    their ``k``-th score, an upper bound. Without poses, real revisits far apart in time
+    are counted as negatives, which makes the threshold conservative (too high), never lax.
+    """
+    if not 0 < target_fpr < 1:
+        raise InputError(f"target_fpr must be in (0, 1), got {target_fpr}")
+    ids = place_map.ids()
+    if len(ids) < 10:
+        raise InputError(f"calibration needs at least 10 places, the map has {len(ids)}")
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(ids, size=min(sample, len(ids)), replace=False))
+    queries = place_map.descriptors(chosen).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    scores, found = place_map.search(queries, min(k, len(ids)))
+    stamps, positions = place_map.stamps(), place_map.positions()
+    best = []
+    for qid, row_s, row_i in zip(chosen, scores, found, strict=True):
+        valid = row_i >= 0
+        row_s, row_i = row_s[valid], row_i[valid]
+        far = np.abs(stamps[row_i] - stamps[qid]) >= min_separation_s
+        dist = np.linalg.norm(positions[row_i] - positions[qid], axis=1)
+        far &= ~(dist < min_distance_m)  # NaN distance (no pose) does not veto
+        if far.any():
+            best.append(float(row_s[far].max()))
+        elif len(row_s) == k:  # every top-k result is a revisit: the best non-revisit is below them all
+            best.append(float(row_s.min()))  # an upper bound, so the threshold errs on the safe side
+    if not best:
+        raise InputError("no non-revisit pairs found: the map spans less than min_separation_s")
+    best_arr = np.asarray(best)
+    threshold = float(np.quantile(best_arr, 1.0 - target_fpr))
+    q = {name: float(np.quantile(best_arr, p)) for name, p in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))}
+    q["max"] = float(best_arr.max())
+    return Calibration(threshold, target_fpr, len(best_arr), q)

@@ -1,0 +1,70 @@
+"""What the node publishes about a decision, built without ROS: the ``~/matches`` JSON record and
+the pose prior (pose of the accepted place with its covariance) behind ``~/match_pose``."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from vpr_ros.loop_closure.policy import Decision, LoopClosureConfig
+from vpr_ros.maps.place_map import PlaceMap
+from vpr_ros.types import Pose, ns_to_pair
+
+MATCHES_SCHEMA = {"schema": "vpr_ros/matches", "version": 1}
+MIN_POSITION_STD_M = 0.5  # places are keyframes apart: a match is never more precise than this
+HEADING_STD_RAD = math.pi / 4  # a place says little about heading
+
+
+def _stamp(ns: int) -> dict[str, int]:
+    sec, nanosec = ns_to_pair(ns)
+    return {"sec": sec, "nanosec": nanosec}
+
+
+def matches_record(decision: Decision, place_map: PlaceMap, stamp_ns: int, frame_id: str) -> dict:
+    """The ``~/matches`` record (schema ``vpr_ros/matches`` v1): every candidate with score, stamp,
+    pose and verification inliers, which one was accepted, and why not when none was."""
+    accepted_id = decision.accepted.id if decision.accepted else None
+    candidates = []
+    for c in decision.candidates:
+        place = place_map.place(c.id)
+        pose = None if place.pose is None else {
+            "position": list(place.pose.position), "orientation": list(place.pose.orientation),
+            "frame_id": place.pose.frame_id}
+        candidates.append({"id": c.id, "score": round(c.score, 6), "stamp": _stamp(place.stamp_ns), "pose": pose,
+                           "inliers": c.inliers, "accepted": c.id == accepted_id})
+    return {**MATCHES_SCHEMA, "query": {"stamp": _stamp(stamp_ns), "frame_id": frame_id},
+            "candidates": candidates, "accepted_id": accepted_id, "reason": decision.reason,
+            "map_size": len(place_map)}
+
+
+@dataclass(frozen=True)
+class MatchPrior:
+    """Where the accepted place was, as a pose with a 6x6 covariance (x, y, z, roll, pitch, yaw)."""
+
+    pose: Pose
+    covariance: np.ndarray
+
+
+def match_prior(decision: Decision, place_map: PlaceMap, config: LoopClosureConfig) -> MatchPrior | None:
+    """Pose prior of the accepted place, or None (nothing accepted, or the place has no pose).
+
+    The position covariance is the spread of the candidates that agree with the accepted one
+    (above the threshold and within ``consistency_seconds`` of it), plus at least
+    ``MIN_POSITION_STD_M`` per axis; orientation gets ``HEADING_STD_RAD``.
+    """
+    accepted = decision.accepted
+    if accepted is None:
+        return None
+    pose = place_map.place(accepted.id).pose
+    if pose is None:
+        return None
+    close = [place_map.place(c.id).pose for c in decision.candidates
+             if c.score >= config.threshold and abs(c.stamp - accepted.stamp) <= config.consistency_seconds]
+    pts = np.array([p.position for p in close if p is not None], dtype=np.float64).reshape(-1, 3)
+    cov = np.cov(pts.T) if len(pts) > 1 else np.zeros((3, 3))
+    full = np.zeros((6, 6))
+    full[:3, :3] = cov + np.eye(3) * MIN_POSITION_STD_M**2
+    full[3:, 3:] = np.eye(3) * HEADING_STD_RAD**2
+    return MatchPrior(pose, full)

@@ -1,0 +1,542 @@
+"""A map of places: global descriptors in a FAISS index plus per-place metadata, saved safely.
+
+On disk a map is a folder: ``manifest.json`` (format, descriptor size, index kind, counts, the
+model that built it, size and SHA-256 of every file), ``index.faiss`` and ``places.sqlite``.
+Saving writes a complete new folder beside the old one, fsyncs it and renames it into place,
+so a process killed at any moment leaves a loadable map (the old one or the new one). Loading
+verifies the manifest, the file checksums and the counts before answering any query.
+
+Place ids are assigned in insertion order and never reused, so "the last N places" and
+"places newer than t" are cheap to exclude at query time.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import threading
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from vpr_ros.errors import CorruptMapError, InputError, MapError, MapSaveError, MissingFileError, ModelMismatchError
+from vpr_ros.maps.index_kinds import IndexKind, new_index, train_index
+from vpr_ros.types import ModelIdentity, Pose, Stamp, ns_to_pair, ns_to_seconds, to_ns
+
+LOG = logging.getLogger(__name__)
+
+FORMAT = "vpr_ros.place_map"
+FORMAT_VERSION = 1
+MANIFEST, INDEX_FILE, PLACES_FILE = "manifest.json", "index.faiss", "places.sqlite"
+
+@dataclass(frozen=True)
+class Place:
+    """One stored place. ``source`` says where its image can be read again: ``"<bag path>#<image topic>"``
+    for maps built from bags, the image topic for places a live node added, empty when unknown."""
+
+    id: int
+    stamp_ns: int  # header.stamp of the image, integer nanoseconds
+    frame_id: str
+    pose: Pose | None
+    source: str
+
+    @property
+    def stamp(self) -> tuple[int, int]:
+        """``(sec, nanosec)`` of the image header."""
+        return ns_to_pair(self.stamp_ns)
+
+    @property
+    def seconds(self) -> float:
+        return ns_to_seconds(self.stamp_ns)
+
+
+@dataclass(frozen=True)
+class MapInfo:
+    """What a map folder's manifest says, read without loading the index (``vpr-ros map-info``,
+    choosing the query input size, deciding whether a map exists)."""
+
+    path: Path  # the folder read: ``path`` itself, or ``path.bak`` after an interrupted save
+    version: int
+    dim: int
+    index: str
+    trained: bool
+    count: int
+    next_id: int
+    model: ModelIdentity | None
+    enu_origin: tuple[float, float, float] | None  # (lat, lon, alt) of the ENU frame of GNSS poses
+    files: dict[str, dict]
+
+
+class _Columns:
+    """Per-place metadata as growable numpy columns indexed by place id."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.ns = np.zeros(0, np.int64)  # header stamps, integer nanoseconds
+        self.alive = np.zeros(0, bool)
+        self.pose = np.zeros((0, 7), np.float64)  # NaN row = no pose
+        self.frame = np.zeros(0, np.int32)  # index into self.strings
+        self.pose_frame = np.zeros(0, np.int32)
+        self.source = np.zeros(0, np.int32)
+        self.strings: list[str] = []
+        self._string_ids: dict[str, int] = {}
+
+    def intern(self, text: str) -> int:
+        if text not in self._string_ids:
+            self._string_ids[text] = len(self.strings)
+            self.strings.append(text)
+        return self._string_ids[text]
+
+    def grow(self, extra: int) -> None:
+        need = self.n + extra
+        if need <= len(self.ns):
+            return
+        cap = max(need, 2 * len(self.ns), 1024)
+        for name in ("ns", "alive", "pose", "frame", "pose_frame", "source"):
+            old = getattr(self, name)
+            new = np.zeros((cap, *old.shape[1:]), old.dtype)
+            new[: self.n] = old[: self.n]
+            setattr(self, name, new)
+
+    @property
+    def seconds(self) -> np.ndarray:
+        return self.ns[: self.n] / 1e9
+
+
+class PlaceMap:
+    """Places with unit-norm descriptors; ``search`` returns cosine similarities.
+
+    Thread-safe: one lock serialises add, remove, search and save, so a node may add keyframes
+    while another thread queries.
+    """
+
+    def __init__(self, dim: int, kind: IndexKind, model_id: ModelIdentity | None) -> None:
+        self.dim = dim
+        self.kind = kind
+        self.model_id = model_id
+        self.cols = _Columns()
+        self.index = new_index(IndexKind("flat") if kind.min_train(dim) else kind, dim)
+        self.trained = not kind.min_train(dim)
+        self.tombstones: set[int] = set()  # removed places the index cannot delete (HNSW)
+        self.local_features: dict[int, bytes] = {}  # optional, for geometric verification
+        self.enu_origin: tuple[float, float, float] | None = None  # GNSS maps: origin of their ENU frame
+        self._lock = threading.RLock()
+
+    # -- construction ---------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, dim: int, index: str = "flat", model_id: ModelIdentity | None = None) -> PlaceMap:
+        """An empty map for ``dim``-d descriptors (see :mod:`vpr_ros.maps.index_kinds` for kinds)."""
+        if dim < 1:
+            raise InputError(f"dim must be positive, got {dim}")
+        if model_id is not None and model_id.descriptor_dim != dim:
+            raise InputError(f"model makes {model_id.descriptor_dim}-d descriptors, map is {dim}-d")
+        return cls(dim, IndexKind.parse(index), model_id)
+
+    def __len__(self) -> int:
+        return int(self.cols.alive[: self.cols.n].sum())
+
+    def local_features_of(self, place_id: int) -> bytes | None:
+        """The stored local features of a place (for geometric verification), None if it has none."""
+        return self.local_features.get(int(place_id))
+
+    # -- adding and removing --------------------------------------------------------------------
+
+    def add(
+        self,
+        descriptors: np.ndarray,
+        stamps: Sequence[Stamp],
+        poses: Sequence[Pose | None] | None = None,
+        frame_ids: Sequence[str] | None = None,
+        sources: Sequence[str] | None = None,
+        local_features: Sequence[bytes | None] | None = None,
+    ) -> np.ndarray:
+        """Add places; returns their new ids (int64). Descriptors must be unit vectors."""
+        x = self._check_descriptors(descriptors)
+        n = len(x)
+        for name, seq in (("stamps", stamps), ("poses", poses), ("frame_ids", frame_ids), ("sources", sources),
+                          ("local_features", local_features)):
+            if seq is not None and len(seq) != n:
+                raise InputError(f"{name} has {len(seq)} entries for {n} descriptors")
+        parsed = [to_ns(s) for s in stamps]
+        with self._lock:
+            c = self.cols
+            ids = np.arange(c.n, c.n + n, dtype=np.int64)
+            c.grow(n)
+            rows = slice(c.n, c.n + n)
+            c.ns[rows] = parsed
+            c.alive[rows] = True
+            c.frame[rows] = [c.intern(f) for f in frame_ids or [""] * n]
+            c.source[rows] = [c.intern(s) for s in sources or [""] * n]
+            c.pose[rows] = np.nan
+            for i, pose in enumerate(poses or []):
+                if pose is not None:
+                    c.pose[c.n + i] = [*pose.position, *pose.orientation]
+                    c.pose_frame[c.n + i] = c.intern(pose.frame_id)
+            self.index.add_with_ids(x, ids)
+            c.n += n
+            for pid, blob in zip(ids, local_features or [None] * n, strict=True):
+                if blob is not None:
+                    self.local_features[int(pid)] = blob
+            self._train_if_ready()
+        return ids
+
+    def _train_if_ready(self) -> None:
+        need = self.kind.min_train(self.dim)
+        if self.trained or self.index.ntotal < need:
+            return
+        ids = faiss.vector_to_array(self.index.id_map).astype(np.int64)
+        vectors = self.index.index.reconstruct_n(0, self.index.ntotal)
+        LOG.info("training %s index on %d places", self.kind.name, len(ids))
+        self.index = train_index(self.kind, self.dim, vectors, ids)
+        self.trained = True
+
+    def remove(self, ids: Sequence[int]) -> int:
+        """Remove places by id; returns how many were present."""
+        ids = np.unique(np.asarray(ids, dtype=np.int64))  # a repeated id is one removal
+        with self._lock:
+            c = self.cols
+            ids = ids[(ids >= 0) & (ids < c.n)]
+            ids = ids[c.alive[ids]]
+            c.alive[ids] = False
+            for pid in ids:
+                self.local_features.pop(int(pid), None)
+            try:
+                self.index.remove_ids(faiss.IDSelectorBatch(ids))
+            except RuntimeError:  # HNSW cannot delete: hide the places instead
+                self.tombstones.update(int(i) for i in ids)
+        return len(ids)
+
+    # -- queries --------------------------------------------------------------------------------
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        exclude_newer_than: Stamp | None = None,
+        exclude_last: int = 0,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` places per query: ``(scores [nq, k] float32, ids [nq, k] int64)``.
+
+        Places stamped after ``exclude_newer_than`` and the ``exclude_last`` most recently added
+        places are skipped (the loop-closure exclusion window). Missing results are id -1 with
+        score -inf.
+        """
+        q = self._check_descriptors(queries)
+        if k < 1:
+            raise InputError(f"k must be >= 1, got {k}")
+        with self._lock:
+            c = self.cols
+            blocked = np.zeros(c.n, bool)
+            if exclude_newer_than is not None:
+                blocked |= c.ns[: c.n] > to_ns(exclude_newer_than)
+            if exclude_last > 0:
+                alive_ids = np.flatnonzero(c.alive[: c.n])
+                blocked[alive_ids[-exclude_last:]] = True
+            if self.tombstones:
+                blocked[list(self.tombstones)] = True
+            extra = int(blocked.sum())
+            fetch = min(self.index.ntotal, k + extra)
+            if fetch == 0:
+                return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
+            scores, ids = self.index.search(q, fetch)
+        keep = ids >= 0
+        keep[keep] = ~blocked[ids[keep]]
+        out_s = np.full((len(q), k), -np.inf, np.float32)
+        out_i = np.full((len(q), k), -1, np.int64)
+        for row in range(len(q)):
+            sel = np.flatnonzero(keep[row])[:k]
+            out_s[row, : len(sel)] = scores[row, sel]
+            out_i[row, : len(sel)] = ids[row, sel]
+        return out_s, out_i
+
+    def place(self, place_id: int) -> Place:
+        """Metadata of one place; KeyError for unknown or removed ids."""
+        c = self.cols
+        pid = int(place_id)
+        if not 0 <= pid < c.n or not c.alive[pid]:
+            raise KeyError(f"no place with id {place_id}")
+        row = c.pose[pid]
+        pose = None
+        if not np.isnan(row[0]):
+            pose = Pose(tuple(row[:3].tolist()), tuple(row[3:].tolist()), c.strings[c.pose_frame[pid]])
+        return Place(pid, int(c.ns[pid]), c.strings[c.frame[pid]], pose,
+                     c.strings[c.source[pid]])
+
+    def ids(self) -> np.ndarray:
+        """Ids of the places in the map, in insertion order."""
+        return np.flatnonzero(self.cols.alive[: self.cols.n]).astype(np.int64)
+
+    def stamps(self) -> np.ndarray:
+        """Stamps in seconds, indexed by place id (removed places included)."""
+        return self.cols.seconds
+
+    def positions(self) -> np.ndarray:
+        """Positions [n, 3] indexed by place id; NaN rows for places without a pose."""
+        return self.cols.pose[: self.cols.n, :3].copy()
+
+    def descriptors(self, ids: Sequence[int]) -> np.ndarray:
+        """Stored descriptors of ``ids`` as the index holds them (reduced for pca kinds)."""
+        with self._lock:
+            return np.stack([self.index.reconstruct(int(i)) for i in ids]) if len(ids) else np.zeros((0, self.dim))
+
+    def _check_descriptors(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(np.atleast_2d(np.asarray(x)), dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise InputError(f"expected descriptors of shape [n, {self.dim}], got {tuple(np.shape(x))}")
+        if not np.isfinite(x).all():
+            raise InputError("descriptors contain NaN or inf")
+        return x
+
+    # -- persistence ----------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the map atomically: a complete copy beside ``path``, fsynced, then renamed."""
+        path = Path(path)
+        try:
+            self._save(path)
+        except (OSError, sqlite3.Error, RuntimeError) as exc:  # disk full, permissions, faiss I/O
+            raise MapSaveError(f"saving the map to {path} failed ({type(exc).__name__}: {exc}); the map in "
+                               "memory is intact and the previous saved map is untouched") from exc
+
+    def _save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+        backup = path.with_name(f"{path.name}.bak")
+        shutil.rmtree(tmp, ignore_errors=True)
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+            if _left_by_dead_process(stale):  # a save killed part-way
+                shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            with self._lock:
+                faiss.write_index(self.index, str(tmp / INDEX_FILE))
+                _fsync_file(tmp / INDEX_FILE)
+                self._write_places(tmp / PLACES_FILE)
+                manifest = self._manifest()
+            manifest["files"] = {name: _file_info(tmp / name) for name in (INDEX_FILE, PLACES_FILE)}
+            _write_synced(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
+            _fsync_dir(tmp)
+            if backup.exists() and path.exists():
+                shutil.rmtree(backup)  # left over from an interrupted save; path is complete
+            if path.exists():
+                os.replace(path, backup)  # a crash from here on: load() falls back to the backup
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
+            shutil.rmtree(backup, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _manifest(self) -> dict:
+        return {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "dim": self.dim,
+            "index": self.kind.name,
+            "trained": self.trained,
+            "count": len(self),
+            "index_ntotal": int(self.index.ntotal),
+            "next_id": int(self.cols.n),
+            "model": None if self.model_id is None else asdict(self.model_id),
+            "enu_origin": None if self.enu_origin is None else list(self.enu_origin),
+        }
+
+    def _write_places(self, file: Path) -> None:
+        c = self.cols
+        con = sqlite3.connect(file)
+        try:
+            con.executescript(
+                "CREATE TABLE places (id INTEGER PRIMARY KEY, sec INTEGER, nanosec INTEGER, frame_id TEXT,"
+                " px REAL, py REAL, pz REAL, qx REAL, qy REAL, qz REAL, qw REAL, pose_frame TEXT,"
+                " source TEXT, removed INTEGER, hidden INTEGER);"
+                "CREATE TABLE local_features (id INTEGER PRIMARY KEY, data BLOB);"
+            )
+            rows = []
+            for pid in range(c.n):
+                pose = c.pose[pid]
+                has = not np.isnan(pose[0])
+                rows.append((pid, *ns_to_pair(c.ns[pid]), c.strings[c.frame[pid]],
+                             *(pose.tolist() if has else [None] * 7),
+                             c.strings[c.pose_frame[pid]] if has else None, c.strings[c.source[pid]],
+                             int(not c.alive[pid]), int(pid in self.tombstones)))
+            con.executemany("INSERT INTO places VALUES (" + ",".join("?" * 15) + ")", rows)
+            con.executemany("INSERT INTO local_features VALUES (?, ?)", self.local_features.items())
+            con.commit()
+        finally:
+            con.close()
+        _fsync_file(file)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, model_id: ModelIdentity | None = None) -> PlaceMap:
+        """Open a saved map, verifying files, counts and (when given) the model identity."""
+        info = cls.info(path)
+        path = info.path
+        check_model(info.model, model_id, path)
+        for name, expected in info.files.items():
+            actual = _file_info(path / name) if (path / name).is_file() else None
+            if actual != expected:
+                what = "missing" if actual is None else f"{actual['bytes']:,} bytes, expected {expected['bytes']:,}" \
+                    if actual["bytes"] != expected["bytes"] else "checksum mismatch"
+                raise CorruptMapError(f"{path / name} is truncated or damaged ({what}); restore the map or rebuild it")
+        pm = cls(info.dim, IndexKind.parse(info.index), info.model)
+        try:
+            pm.index = faiss.read_index(str(path / INDEX_FILE))
+        except RuntimeError as exc:
+            raise CorruptMapError(f"{path / INDEX_FILE} cannot be read: {str(exc).splitlines()[0]}") from exc
+        pm.trained = info.trained
+        pm._read_places(path / PLACES_FILE)
+        pm.enu_origin = info.enu_origin or _legacy_enu_origin(pm.cols.strings)
+        if pm.index.d != pm.dim:
+            raise CorruptMapError(f"{path}: index holds {pm.index.d}-d vectors, manifest says {pm.dim}")
+        expected = len(pm) + len(pm.tombstones)
+        if pm.index.ntotal != expected or len(pm) != info.count:
+            raise CorruptMapError(
+                f"{path}: index holds {pm.index.ntotal} vectors but the metadata lists {expected} places "
+                f"(manifest count {info.count}); the map is inconsistent, rebuild it"
+            )
+        return pm
+
+    @staticmethod
+    def exists(path: str | os.PathLike) -> bool:
+        """Whether ``path`` holds a saved map, or its ``.bak`` does after an interrupted save."""
+        path = Path(path)
+        return (path / MANIFEST).is_file() or (path.with_name(f"{path.name}.bak") / MANIFEST).is_file()
+
+    @staticmethod
+    def info(path: str | os.PathLike) -> MapInfo:
+        """The manifest of a saved map (falling back to ``.bak`` after an interrupted save), checked
+        for format and version; the index and places are not read."""
+        path = Path(path)
+        backup = path.with_name(f"{path.name}.bak")
+        if not (path / MANIFEST).is_file() and (backup / MANIFEST).is_file():
+            LOG.warning("%s is missing after an interrupted save; using the previous map %s", path, backup)
+            path = backup
+        if not path.is_dir():
+            raise MissingFileError(f"no place map at {path}")
+        try:
+            manifest = json.loads((path / MANIFEST).read_text())
+        except FileNotFoundError as exc:
+            raise MapError(f"{path} is not a place map: no {MANIFEST}") from exc
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CorruptMapError(f"{path / MANIFEST} is damaged: {exc}") from exc
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+            raise MapError(f"{path} is not a place map ({MANIFEST} has format {found!r})")
+        if manifest.get("version", 0) > FORMAT_VERSION:
+            raise MapError(f"{path} has map format version {manifest['version']}; this vpr_ros reads "
+                           f"up to {FORMAT_VERSION}: upgrade vpr_ros")
+        try:
+            origin = manifest.get("enu_origin")
+            return MapInfo(
+                path=path, version=int(manifest["version"]), dim=int(manifest["dim"]), index=str(manifest["index"]),
+                trained=bool(manifest["trained"]), count=int(manifest["count"]), next_id=int(manifest["next_id"]),
+                model=ModelIdentity.from_json(manifest["model"]) if manifest.get("model") else None,
+                enu_origin=None if origin is None else (float(origin[0]), float(origin[1]), float(origin[2])),
+                files=dict(manifest.get("files", {})),
+            )
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise CorruptMapError(f"{path / MANIFEST} is damaged: {type(exc).__name__}: {exc}") from exc
+
+    def _read_places(self, file: Path) -> None:
+        con = sqlite3.connect(f"file:{file}?mode=ro", uri=True)
+        try:
+            rows = con.execute("SELECT * FROM places ORDER BY id").fetchall()
+            features = con.execute("SELECT id, data FROM local_features").fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise CorruptMapError(f"{file} is not a readable places database: {exc}") from exc
+        finally:
+            con.close()
+        c = self.cols
+        c.grow(len(rows))
+        for pid, sec, nsec, frame, *rest in rows:
+            if pid != c.n:
+                raise CorruptMapError(f"{file}: place ids are not contiguous at {pid}")
+            pose, pose_frame, source, removed, hidden = rest[:7], rest[7], rest[8], rest[9], rest[10]
+            c.ns[pid], c.alive[pid] = to_ns((sec, nsec)), not removed
+            c.frame[pid], c.source[pid] = c.intern(frame), c.intern(source)
+            c.pose[pid] = np.nan if pose[0] is None else pose
+            c.pose_frame[pid] = c.intern(pose_frame or "")
+            if hidden:
+                self.tombstones.add(pid)
+            c.n += 1
+        self.local_features = {int(i): bytes(b) for i, b in features}
+
+
+def _legacy_enu_origin(strings: Sequence[str]) -> tuple[float, float, float] | None:
+    """Origin of maps saved before the manifest had ``enu_origin``: it is in their ``enu:lat,lon,alt`` frame ids."""
+    for text in strings:
+        if text.startswith("enu:"):
+            try:
+                lat, lon, alt = (float(v) for v in text[4:].split(","))
+            except ValueError:
+                continue
+            return lat, lon, alt
+    return None
+
+
+def check_model(stored: ModelIdentity | None, wanted: ModelIdentity | None, path: Path) -> None:
+    """Refuse a map whose descriptors come from another model than ``wanted``."""
+    if wanted is None or stored is None:
+        return
+    same_weights = (stored.arch, stored.checkpoint_sha256) == (wanted.arch, wanted.checkpoint_sha256)
+    if same_weights and stored.image_size != wanted.image_size:
+        (h, w), (qh, qw) = stored.image_size, wanted.image_size
+        raise ModelMismatchError(
+            f"map {path} was built by this checkpoint at input size {h}x{w}, but the model is set to {qh}x{qw}; "
+            f"describe at the map's size (--image-size {h} {w}, node parameter image_size [{h}, {w}]) or rebuild "
+            "the map at the new size"
+        )
+    if stored != wanted:
+        raise ModelMismatchError(
+            f"map {path} was built with {stored.arch} at {stored.image_size[0]}x{stored.image_size[1]} "
+            f"(checkpoint sha256 {str(stored.checkpoint_sha256)[:12]}), but the current model is {wanted.arch} at "
+            f"{wanted.image_size[0]}x{wanted.image_size[1]} (sha256 {str(wanted.checkpoint_sha256)[:12]}); "
+            "rebuild the map with the current checkpoint (vpr-ros build-map ... --checkpoint CKPT)"
+        )
+
+
+def _file_info(file: Path) -> dict:
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return {"bytes": file.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def _left_by_dead_process(tmp: Path) -> bool:
+    """Whether the process named in a ``.<name>.tmp-<pid>-<thread>`` folder has ended."""
+    try:
+        os.kill(int(tmp.name.rsplit(".tmp-", 1)[1].split("-")[0]), 0)
+    except ProcessLookupError:
+        return True
+    except (ValueError, IndexError, OSError):
+        return False
+    return False
+
+
+def _write_synced(file: Path, data: bytes) -> None:
+    with open(file, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_file(file: Path) -> None:
+    with open(file, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

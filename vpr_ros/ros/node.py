@@ -1,0 +1,315 @@
+"""ROS 2 node ``vpr_localize``: camera frames in; place matches, loop closures and pose priors out.
+
+A thin shell: messages are converted by :mod:`vpr_ros.image_msgs`; the keyframe gate, the
+descriptor, the loop-closure decision, the ``~/matches`` record, the pose prior and the slam
+map upkeep come from :class:`vpr_ros.loop_closure.recognizer.PlaceRecognizer`.
+
+Concurrency: subscription callbacks only drop the message into a one-frame slot (the newest frame
+wins, replaced frames are counted as dropped); one worker thread runs the model, so the node never
+builds a backlog however slow the model is.
+
+Run: ``python -m vpr_ros.ros.node --ros-args --params-file config/localize.yaml``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import Point, PoseStamped, PoseWithCovarianceStamped
+from nav_msgs.msg import Odometry
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import ColorRGBA, Float64MultiArray, String
+from std_srvs.srv import Trigger
+from visualization_msgs.msg import Marker, MarkerArray
+
+from vpr_ros.bags.poses import pose_from_msg
+from vpr_ros.errors import BadFrame, MapSaveError
+from vpr_ros.extractor import DescriptorExtractor, load_extractor
+from vpr_ros.frame_slot import LatencyStats, LatestSlot
+from vpr_ros.image_msgs import image_to_rgb, stamp_of
+from vpr_ros.loop_closure.matches import MatchPrior
+from vpr_ros.loop_closure.recognizer import Outcome, PlaceRecognizer
+from vpr_ros.maps.place_map import PlaceMap
+from vpr_ros.ros.params import PARAMS, RUNTIME, check_choice, loop_closure_config
+from vpr_ros.types import ModelIdentity, Pose, to_ns
+
+NODE_NAME = "vpr_localize"
+
+
+class StartupError(RuntimeError):
+    """A configuration the node cannot run with (reported as one fatal line)."""
+
+
+class LocalizeNode(Node):
+    def __init__(self) -> None:
+        super().__init__(NODE_NAME)
+        self._declare_parameters()
+        p = {name: self.get_parameter(name).value for name in PARAMS}
+        for name in PARAMS:
+            if reason := check_choice(name, p[name]):
+                raise StartupError(reason)
+        self.mode: str = p["mode"]
+        self.map_frame: str = p["map_frame"]
+        self.extractor = self._load_model(p)
+        self.map_path = Path(p["map"]) if p["map"] else None
+        self.map = self._open_map(p, self.extractor.identity)
+        self.recognizer = PlaceRecognizer(self.extractor, self.map, loop_closure_config(p, self.mode), self.mode,
+                                          float(p["min_period"]), float(p["pose_max_gap"]))
+
+        self.slot: LatestSlot = LatestSlot()
+        self.latency = LatencyStats()  # frame received -> outputs published
+        self.model_time = LatencyStats()  # the model's share of it
+        self.processed = self.rejected = self.save_failures = 0
+        self._lock = threading.Lock()  # guards the counters and the pose of the last frame
+
+        latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.pub_loop = self.create_publisher(Float64MultiArray, "~/loop_closure", 10)
+        self.pub_pose = self.create_publisher(PoseWithCovarianceStamped, "~/match_pose", 10)
+        self.pub_matches = self.create_publisher(String, "~/matches", 10)
+        self.pub_markers = self.create_publisher(MarkerArray, "~/markers", latched)
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+
+        qos = qos_profile_sensor_data
+        if p["reliable"]:
+            qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+        self.create_subscription(Image, "image", lambda m: self._on_image(m, "image"), qos)
+        self.create_subscription(CompressedImage, "image/compressed",
+                                 lambda m: self._on_image(m, "image/compressed"), qos)
+        if self.mode == "slam":
+            self.create_subscription(Odometry, "odom", self._on_pose, 50)
+            self.create_subscription(PoseStamped, "pose", self._on_pose, 50)
+        self.create_service(Trigger, "~/save_map", self._on_save)
+        self.create_service(Trigger, "~/reset", self._on_reset)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.create_timer(1.0, self._publish_diagnostics)
+
+        self._worker = threading.Thread(target=self._work, name="vpr_worker", daemon=True)
+        self._worker.start()
+        self._places: Marker | None = None
+        self._places_built = 0.0
+        self._publish_markers()
+        self.get_logger().info(
+            f"{self.mode} mode, {self.extractor.model.cfg.describe()} on {self.extractor.device}, "
+            f"map {self.map_path or '(in memory)'} with {len(self.map)} places"
+        )
+
+    # -- setup ---------------------------------------------------------------------------------
+
+    def _declare_parameters(self) -> None:
+        for name, spec in PARAMS.items():
+            desc = ParameterDescriptor(description=spec.description, read_only=spec.read_only)
+            if spec.range and isinstance(spec.default, float):
+                desc.floating_point_range = [FloatingPointRange(from_value=float(spec.range[0]),
+                                                                to_value=float(spec.range[1]))]
+            elif spec.range:
+                desc.integer_range = [IntegerRange(from_value=int(spec.range[0]), to_value=int(spec.range[1]))]
+            if spec.choices:
+                desc.additional_constraints = "one of: " + ", ".join(spec.choices)
+            self.declare_parameter(name, spec.default, desc)
+
+    def _load_model(self, p: dict[str, Any]) -> DescriptorExtractor:
+        if not p["checkpoint"]:
+            raise StartupError("parameter 'checkpoint' is empty: set it to a SALAD/A²GC checkpoint file")
+        size = tuple(int(s) for s in p["image_size"])
+        if len(size) != 2:
+            raise StartupError(f"image_size must be [H, W], got {list(size)}")
+        extractor = load_extractor(p["checkpoint"], p["model_config"] or None, size, p["device"], p["precision"],
+                                   batch_size=1)
+        extractor.warmup(1)
+        return extractor
+
+    def _open_map(self, p: dict[str, Any], model_id: ModelIdentity) -> PlaceMap:
+        path = self.map_path
+        if self.mode == "localize":
+            if path is None:
+                raise StartupError("localize mode needs parameter 'map' (a map folder built earlier)")
+            return PlaceMap.load(path, model_id=model_id)
+        if path is not None and (path.exists() or PlaceMap.exists(path)):
+            return PlaceMap.load(path, model_id=model_id)
+        return PlaceMap.create(model_id.descriptor_dim, p["index"], model_id)
+
+    # -- callbacks -------------------------------------------------------------------------------
+
+    def _on_image(self, msg: Image | CompressedImage, topic: str) -> None:
+        self.slot.put((msg, time.monotonic(), topic))
+
+    def _on_pose(self, msg: Odometry | PoseStamped) -> None:
+        stamp, position, orientation, frame = pose_from_msg(msg)
+        self.recognizer.poses.add(stamp, position, orientation, frame or self.map_frame)
+
+    def _on_set_parameters(self, params: list) -> SetParametersResult:
+        values = {name: self.get_parameter(name).value for name in RUNTIME}
+        for param in params:
+            if param.name in RUNTIME:
+                values[param.name] = param.value
+        values["mode"] = self.mode
+        try:
+            config = loop_closure_config(values, self.mode)
+        except (ValueError, TypeError) as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        self.recognizer.configure(config, float(values["min_period"]))
+        return SetParametersResult(successful=True)
+
+    def _on_save(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        if self.map_path is None:
+            response.success, response.message = False, "no 'map' parameter: nowhere to save"
+        elif self.mode == "localize":
+            response.success, response.message = False, "localize mode uses a read-only map"
+        else:
+            try:
+                self.map.save(self.map_path)
+                response.success, response.message = True, f"saved {len(self.map)} places to {self.map_path}"
+            except MapSaveError as exc:  # disk full, permissions: keep running, every place stays in memory
+                with self._lock:
+                    self.save_failures += 1
+                self.get_logger().error(str(exc))
+                response.success, response.message = False, str(exc)
+        return response
+
+    def _on_reset(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        """Forget the loop-closure consistency history and the keyframe timer (e.g. after the
+        robot was carried elsewhere); the map and the diagnostic totals stay."""
+        self.recognizer.reset()
+        response.success, response.message = True, "consistency history cleared"
+        return response
+
+    # -- the worker --------------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while (item := self.slot.take()) is not None:
+            msg, received, topic = item
+            try:
+                self._process(msg, received, topic)
+            except BadFrame as exc:
+                with self._lock:
+                    self.rejected += 1
+                self.get_logger().warning(f"dropping a bad frame on {topic}: {exc}", throttle_duration_sec=5.0)
+            except Exception as exc:  # keep serving: one failure must not stop localisation
+                with self._lock:
+                    self.rejected += 1
+                self.get_logger().error(f"frame failed: {type(exc).__name__}: {exc}", throttle_duration_sec=5.0)
+
+    def _process(self, msg: Image | CompressedImage, received: float, topic: str) -> None:
+        stamp_ns = to_ns(stamp_of(msg))
+        if not self.recognizer.wants(stamp_ns):
+            return
+        outcome = self.recognizer.process(image_to_rgb(msg), stamp_ns, msg.header.frame_id, topic)
+        self.model_time.add(outcome.model_seconds)
+        self._publish(outcome, stamp_of(msg))
+        with self._lock:
+            self.processed += 1
+        self.latency.add(time.monotonic() - received)
+
+    # -- publishing ------------------------------------------------------------------------------
+
+    def _publish(self, outcome: Outcome, stamp: tuple[int, int]) -> None:
+        self.pub_matches.publish(String(data=json.dumps(outcome.record)))
+        accepted = outcome.decision.accepted
+        if accepted is None:
+            return
+        self.pub_loop.publish(Float64MultiArray(data=[outcome.decision.stamp, accepted.stamp]))
+        if outcome.prior is not None:
+            self.pub_pose.publish(self._match_pose(outcome.prior, stamp))
+        self._publish_markers(self.map.place(accepted.id).pose, outcome.current)
+
+    def _match_pose(self, prior: MatchPrior, stamp: tuple[int, int]) -> PoseWithCovarianceStamped:
+        out = PoseWithCovarianceStamped()
+        out.header.stamp.sec, out.header.stamp.nanosec = stamp
+        out.header.frame_id = prior.pose.frame_id or self.map_frame
+        pp = out.pose.pose
+        pp.position.x, pp.position.y, pp.position.z = prior.pose.position
+        pp.orientation.x, pp.orientation.y, pp.orientation.z, pp.orientation.w = prior.pose.orientation
+        out.pose.covariance = prior.covariance.reshape(-1).tolist()
+        return out
+
+    def _places_marker(self) -> Marker:
+        """All places with a pose, rebuilt at most every 2 s (slam maps grow every keyframe)."""
+        now = time.monotonic()
+        if self._places is None or (self.mode == "slam" and now - self._places_built > 2.0):
+            positions = self.map.positions()[self.map.ids()]
+            positions = positions[~np.isnan(positions[:, 0])]
+            marker = Marker(type=Marker.SPHERE_LIST, action=Marker.ADD, ns="places", id=0)
+            marker.header.frame_id = self.map_frame
+            marker.scale.x = marker.scale.y = marker.scale.z = 0.3
+            marker.color = ColorRGBA(r=0.2, g=0.5, b=1.0, a=0.8)
+            marker.points = [Point(x=float(x), y=float(y), z=float(z)) for x, y, z in positions]
+            self._places, self._places_built = marker, now
+        return self._places
+
+    def _publish_markers(self, matched: Pose | None = None, current: Pose | None = None) -> None:
+        """One latched MarkerArray with the whole state, so a late RViz sees places and match."""
+        markers = [self._places_marker()]
+        if matched is not None:
+            marker = Marker(type=Marker.LINE_LIST if current else Marker.SPHERE_LIST, action=Marker.ADD, ns="match",
+                            id=1)
+            marker.header.frame_id = matched.frame_id or self.map_frame
+            marker.scale.x = marker.scale.y = marker.scale.z = 0.15 if current else 0.6
+            marker.color = ColorRGBA(r=1.0, g=0.3, b=0.1, a=1.0)
+            ends = [current.position, matched.position] if current else [matched.position]
+            marker.points = [Point(x=float(x), y=float(y), z=float(z)) for x, y, z in ends]
+            markers.append(marker)
+        self.pub_markers.publish(MarkerArray(markers=markers))
+
+    def _publish_diagnostics(self) -> None:
+        with self._lock:
+            counts = {"frames processed": self.processed, "frames rejected": self.rejected,
+                      "frames skipped (keyframe period)": self.recognizer.keyframes.skipped["period"],
+                      "map save failures": self.save_failures}
+        counts = {"frames received": self.slot.received, "frames dropped (busy)": self.slot.dropped, **counts}
+        values = {**counts, "latency p50 ms": f"{1000 * self.latency.percentile(50):.1f}",
+                  "latency p95 ms": f"{1000 * self.latency.percentile(95):.1f}",
+                  "model p50 ms": f"{1000 * self.model_time.percentile(50):.1f}", "map places": len(self.map)}
+        status = DiagnosticStatus(
+            level=DiagnosticStatus.OK, name=f"{self.get_fully_qualified_name()}: pipeline",
+            message=f"{self.mode}, {len(self.map)} places", hardware_id=str(self.extractor.device),
+            values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self.pub_diag.publish(msg)
+
+    # -- shutdown --------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the worker and, in slam mode, save the map."""
+        self.slot.close()
+        self._worker.join(timeout=30.0)
+        if self.mode == "slam" and self.map_path is not None:
+            try:
+                self.map.save(self.map_path)
+                self.get_logger().info(f"saved {len(self.map)} places to {self.map_path}")
+            except MapSaveError as exc:
+                self.get_logger().error(str(exc))
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args)
+    try:
+        node = LocalizeNode()
+    except (StartupError, FileNotFoundError, ValueError, OSError) as exc:
+        rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
+        rclpy.try_shutdown()
+        return 1
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.close()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

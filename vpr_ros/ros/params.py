@@ -1,0 +1,79 @@
+"""Parameters of the localization node, declared in one place with types, ranges and docs.
+
+Startup parameters (model, map, mode...) are read once and read-only; the loop-closure gates
+and keyframe period can be changed at run time and are validated by building a
+:class:`LoopClosureConfig` from them (its error message becomes the rejection reason).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from vpr_ros.loop_closure.policy import LoopClosureConfig
+
+
+@dataclass(frozen=True)
+class Spec:
+    default: Any
+    description: str
+    read_only: bool = False
+    range: tuple[float, float] | None = None
+    choices: tuple[str, ...] | None = None
+
+
+PARAMS: dict[str, Spec] = {
+    # startup, read-only
+    "checkpoint": Spec("", "SALAD/A²GC checkpoint file (released flat state dict or Lightning .ckpt)", True),
+    "model_config": Spec("", "optional JSON file with model options the checkpoint's shapes cannot tell", True),
+    "map": Spec("", "place map folder; localize: must exist; slam: loaded if present, else created", True),
+    "mode": Spec("localize", "localize (fixed map, read-only) or slam (online map, loop closures)", True,
+                 choices=("localize", "slam")),
+    "image_size": Spec([322, 322], "model input [H, W], multiples of 14", True),
+    "device": Spec("auto", "auto (the CUDA GPU when present), cpu or cuda", True, choices=("auto", "cpu", "cuda")),
+    "precision": Spec("fp32", "backbone precision: fp32 (exact), bf16 or fp16", True,
+                      choices=("fp32", "bf16", "fp16")),
+    "index": Spec("flat", "index kind of a new slam map: flat, fp16, pca<N>, pca<N>ivf, ivfpq, hnsw", True),
+    "reliable": Spec(False, "subscribe to images with reliable QoS instead of sensor-data (best effort)", True),
+    "map_frame": Spec("map", "frame of the published poses and markers when places carry none", True),
+    "pose_max_gap": Spec(0.5, "seconds: largest gap between odometry samples to interpolate a keyframe pose", True,
+                         range=(0.0, 60.0)),
+    # run time
+    "min_period": Spec(0.0, "seconds between keyframes (0: process every frame the model keeps up with)",
+                       range=(0.0, 3600.0)),
+    "threshold": Spec(0.6, "minimum cosine similarity of a loop-closure candidate", range=(-1.0, 1.0)),
+    "top_k": Spec(5, "candidates retrieved (and verified) per query", range=(1, 100)),
+    "exclude_seconds": Spec(30.0, "slam: ignore places newer than this before the query", range=(0.0, 1e6)),
+    "exclude_last": Spec(50, "slam: ignore the most recent N places", range=(0, 1_000_000)),
+    "consistency_k": Spec(2, "accept when k of the last n queries matched places close in time", range=(1, 100)),
+    "consistency_n": Spec(3, "length of the consistency history", range=(1, 100)),
+    "consistency_seconds": Spec(10.0, "how close in time consistent matches must be", range=(0.0, 1e6)),
+    "verify": Spec(False, "geometric verification of candidates with patch tokens (stores 68 kB per place)"),
+    "min_inliers": Spec(20, "RANSAC inliers needed when verifying", range=(4, 10_000)),
+}
+
+RUNTIME = {name for name, spec in PARAMS.items() if not spec.read_only}
+
+
+def loop_closure_config(values: dict[str, Any], mode: str) -> LoopClosureConfig:
+    """Gates from parameter values; localize mode has no exclusion window (another run's map)."""
+    slam = mode == "slam"
+    return LoopClosureConfig(
+        threshold=float(values["threshold"]),
+        top_k=int(values["top_k"]),
+        exclude_seconds=float(values["exclude_seconds"]) if slam else None,
+        exclude_last=int(values["exclude_last"]) if slam else 0,
+        consistency_k=int(values["consistency_k"]),
+        consistency_n=int(values["consistency_n"]),
+        consistency_seconds=float(values["consistency_seconds"]),
+        verify=bool(values["verify"]),
+        min_inliers=int(values["min_inliers"]),
+    )
+
+
+def check_choice(name: str, value: Any) -> str | None:
+    """Reason to reject ``value`` for ``name``, or None."""
+    spec = PARAMS[name]
+    if spec.choices and value not in spec.choices:
+        return f"{name} must be one of {', '.join(spec.choices)}, got {value!r}"
+    return None
