@@ -239,7 +239,7 @@ def test_params_file_under_a_namespace(tmp_path, built_map, photos) -> None:
     [
         ({"map": "/nonexistent/map"}, "no place map"),
         ({"checkpoint": ""}, "checkpoint"),
-        ({"image_size": [322, 322]}, "built with"),  # map made at 224x224 by this model
+        ({"image_size": [322, 322]}, "built by this checkpoint"),  # map made at 224x224 by this model
         ({"mode": "explore"}, "mode must be one of"),
     ],
 )

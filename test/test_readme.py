@@ -106,11 +106,32 @@ def test_bash_block_runs(block: Block, tmp_path: Path) -> None:
         f"--- stdout (tail)\n{proc.stdout[-3000:]}\n--- stderr (tail)\n{proc.stderr[-3000:]}")
 
 
+def heading_anchors(page: Path) -> set[str]:
+    """GitHub-style anchors of a Markdown page's headings (code blocks skipped)."""
+    anchors, in_code = set(), False
+    for line in page.read_text(encoding="utf-8").splitlines():
+        if re.match(r"^ *```", line):
+            in_code = not in_code
+        elif not in_code and (m := re.match(r"^#{1,6} +(.*?)\s*$", line)):
+            title = re.sub(r"[^\w\- ]", "", m[1].lower().replace("`", ""))
+            anchors.add(title.replace(" ", "-"))
+    return anchors
+
+
 @pytest.mark.parametrize("page", [README, *sorted((REPO / "docs").glob("*.md"))], ids=lambda p: p.name)
-def test_links_to_files_resolve(page: Path) -> None:
-    targets = {m.split("#")[0] for m in re.findall(r"\]\(([^)\s]+)\)", page.read_text(encoding="utf-8"))}
-    missing = [t for t in sorted(targets) if t and "://" not in t and not (page.parent / t).exists()]
-    assert not missing, f"{page.relative_to(REPO)} links to missing files: {missing}"
+def test_local_links_resolve(page: Path) -> None:
+    """Links to files of the repository (and to headings of its Markdown pages) point somewhere."""
+    broken = []
+    for target in sorted(set(re.findall(r"\]\(([^)\s]+)\)", page.read_text(encoding="utf-8")))):
+        if "://" in target or target.startswith("mailto:"):
+            continue
+        path, _, anchor = target.partition("#")
+        file = (page.parent / path) if path else page
+        if not file.exists():
+            broken.append(f"{target} (no such file)")
+        elif anchor and file.suffix == ".md" and anchor not in heading_anchors(file):
+            broken.append(f"{target} (no such heading)")
+    assert not broken, f"{page.relative_to(REPO)} has broken links: {broken}"
 
 
 def test_readme_is_short() -> None:

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from vpr_ros import plotting as V
+from vpr_ros.cli import visualize
 from vpr_ros.extractor import DescriptorExtractor
 from vpr_ros.maps.place_map import PlaceMap
 from vpr_ros.types import ModelIdentity
@@ -110,7 +111,7 @@ def test_plot_assignment(which, request, tmp_path):
     ext = request.getfixturevalue(f"{which}_ext")
     images = []
     for name in ("building.jpg", "fruits.jpg"):
-        _, tokens, fmap = V._patch_features(ext, SCENES / name)
+        _, tokens, fmap = visualize._patch_features(ext, SCENES / name)
         with torch.inference_mode():
             log_plan = ext.model.aggregator.log_assignment(fmap)[0].numpy()
         clusters, dustbin = V.assignment_maps(log_plan, tokens.shape[:2])

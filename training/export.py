@@ -14,7 +14,7 @@ import argparse
 import dataclasses
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,15 +44,18 @@ def flat_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.T
     return flat
 
 
-def load_config(cfg: ModelConfig) -> dict[str, Any]:
-    """The ``config=`` dict for ``load_model``: full backbone and aggregator options."""
+def load_config(cfg: ModelConfig, image_size: Sequence[int] | None = None) -> dict[str, Any]:
+    """The sidecar ``.json`` that ``load_extractor`` reads: full backbone and aggregator options, and
+    the input size the model was validated at (the size its descriptors are meant for)."""
     bb = dataclasses.asdict(cfg.backbone)
     for training_only in ("num_trainable_blocks", "train_embeddings"):
         bb.pop(training_only)
+    size = {} if image_size is None else {"image_size": [int(s) for s in image_size]}
     return {
         "format": EXPORT_FORMAT,
         "arch": cfg.describe(),
         "descriptor_dim": cfg.descriptor_dim,
+        **size,
         "backbone": bb,
         "aggregator": dataclasses.asdict(cfg.aggregator),
     }
@@ -64,7 +67,8 @@ def _atomic_write(path: Path, write: Any) -> None:
     tmp.replace(path)
 
 
-def export_flat(state_dict: Mapping[str, torch.Tensor], cfg: ModelConfig, out: str | Path) -> tuple[Path, Path]:
+def export_flat(state_dict: Mapping[str, torch.Tensor], cfg: ModelConfig, out: str | Path,
+                image_size: Sequence[int] | None = None) -> tuple[Path, Path]:
     """Write ``out`` (flat state dict) and ``out`` with suffix ``.json`` (load options); return both paths."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -73,7 +77,7 @@ def export_flat(state_dict: Mapping[str, torch.Tensor], cfg: ModelConfig, out: s
         raise ValueError("state dict has no backbone.model.* / aggregator.* tensors: not a VPR model")
     config_path = out.with_suffix(".json")
     _atomic_write(out, lambda p: torch.save(flat, p))
-    _atomic_write(config_path, lambda p: p.write_text(json.dumps(load_config(cfg), indent=1) + "\n"))
+    _atomic_write(config_path, lambda p: p.write_text(json.dumps(load_config(cfg, image_size), indent=1) + "\n"))
     return out, config_path
 
 
@@ -83,7 +87,8 @@ def export_lightning_checkpoint(ckpt: str | Path, out: str | Path) -> tuple[Path
     if not isinstance(obj, Mapping) or "state_dict" not in obj or "hyper_parameters" not in obj:
         raise ValueError(f"{ckpt} is not a Lightning checkpoint of this training module "
                          "(expected 'state_dict' and 'hyper_parameters')")
-    return export_flat(obj["state_dict"], build_model_config(**obj["hyper_parameters"]), out)
+    size = (obj.get("datamodule_hyper_parameters") or {}).get("val_image_size")
+    return export_flat(obj["state_dict"], build_model_config(**obj["hyper_parameters"]), out, size)
 
 
 class ExportFlatCheckpoint(pl.Callback):
@@ -102,7 +107,8 @@ class ExportFlatCheckpoint(pl.Callback):
             return
         ckpt_cb = trainer.checkpoint_callback
         dirpath = self.dirpath or getattr(ckpt_cb, "dirpath", None) or trainer.default_root_dir
-        written = [*export_flat(pl_module.state_dict(), pl_module.model_config, Path(dirpath) / "last.pt")]
+        size = getattr(trainer.datamodule, "val_image_size", None)
+        written = [*export_flat(pl_module.state_dict(), pl_module.model_config, Path(dirpath) / "last.pt", size)]
         best = getattr(ckpt_cb, "best_model_path", "")
         if best and Path(best).is_file():
             written += export_lightning_checkpoint(best, Path(best).with_suffix(".pt"))

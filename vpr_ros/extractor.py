@@ -164,8 +164,10 @@ def sidecar_path(checkpoint: str | os.PathLike) -> Path:
     return Path(checkpoint).with_suffix(".json")
 
 
-def read_model_options(checkpoint: str | os.PathLike | Mapping[str, Any], config: str | os.PathLike | Mapping[str, Any] | None = None,
-                       ) -> dict[str, Any] | None:
+Source = str | os.PathLike | Mapping[str, Any]
+
+
+def read_model_options(checkpoint: Source, config: Source | None = None) -> dict[str, Any] | None:
     """Model options for ``checkpoint``: ``config`` (a JSON file or a dict) when given, else the
     checkpoint's sidecar ``.json`` when there is one, else None (shapes alone decide)."""
     if isinstance(config, Mapping):
@@ -187,8 +189,8 @@ def read_model_options(checkpoint: str | os.PathLike | Mapping[str, Any], config
 
 
 def load_extractor(
-    checkpoint: str | os.PathLike | Mapping[str, Any],
-    config: str | os.PathLike | Mapping[str, Any] | None = None,
+    checkpoint: Source,
+    config: Source | None = None,
     image_size: Sequence[int] | None = None,
     device: str | torch.device | None = "auto",
     precision: Precision = "fp32",

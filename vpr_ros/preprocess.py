@@ -51,10 +51,10 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from vpr_ros.errors import InputError, MissingFileError
+from vpr_ros.types import PATCH_SIZE
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-PATCH_SIZE: int = 14
 DEFAULT_IMAGE_SIZE: tuple[int, int] = (322, 322)
 
 ColorOrder = Literal["rgb", "bgr", "mono"]

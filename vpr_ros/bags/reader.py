@@ -20,6 +20,8 @@ import logging
 import math
 import os
 import queue
+import sqlite3
+import struct
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -29,17 +31,27 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from rosbags.highlevel import AnyReader
-from rosbags.typesys import Stores, get_typestore
+from rosbags.highlevel import AnyReader, AnyReaderError
+from rosbags.rosbag1 import ReaderError as Rosbag1ReaderError
+from rosbags.rosbag2 import ReaderError as Rosbag2ReaderError
+from rosbags.serde import SerdeError
+from rosbags.typesys import Stores, TypesysError, get_typestore
 from rosbags.typesys.store import Typestore
 
 from vpr_ros.bags.geodesy import enu_frame, geodetic_to_enu
 from vpr_ros.bags.poses import PoseBuffer, pose_from_msg
 from vpr_ros.errors import BadFrame, BagError, InputError, MissingFileError, VprError
 from vpr_ros.image_msgs import image_to_rgb, stamp_of
-from vpr_ros.types import Pose
+from vpr_ros.types import Pose, format_stamp, ns_to_pair, ns_to_seconds, to_ns
 
 LOG = logging.getLogger(__name__)
+
+try:  # rosbags reads sqlite3 bags through apsw when it is installed
+    import apsw
+
+    _APSW_ERRORS: tuple[type[BaseException], ...] = (apsw.Error,)
+except ImportError:
+    _APSW_ERRORS = ()
 
 Storage = Literal["mcap", "sqlite3", "ros1"]
 ImageFormat = Literal["raw", "jpeg", "png"]
@@ -58,10 +70,13 @@ IMAGE_MSGTYPES = frozenset({IMAGE, COMPRESSED})
 STORAGES: tuple[str, ...] = ("mcap", "sqlite3", "ros1")
 RAW_ENCODINGS: tuple[str, ...] = ("rgb8", "bgr8", "mono8", "mono16")
 
-# A damaged bag makes rosbags' backends raise almost anything (AnyReaderError, sqlite3/apsw errors,
-# struct.error, OverflowError, AssertionError...): every exception raised while opening a bag or
-# reading its records is reported as a damaged bag naming the file.
-_READ_ERRORS = (Exception,)
+# What rosbags' backends raise on a damaged or truncated bag (found by corrupting and truncating bags
+# of each storage): reported as a damaged bag naming the file. Anything else is a bug and propagates.
+_READ_ERRORS: tuple[type[BaseException], ...] = (
+    AnyReaderError, Rosbag1ReaderError, Rosbag2ReaderError, SerdeError, TypesysError, sqlite3.DatabaseError,
+    struct.error, OverflowError, AssertionError, EOFError, KeyError, IndexError, TypeError, ValueError, OSError,
+    *_APSW_ERRORS,
+)
 
 REORDER_FRAMES = 16  # image messages held back to emit them in header.stamp order
 
@@ -86,15 +101,20 @@ class TopicSummary:
 class Frame:
     """One decoded camera frame: header stamp, RGB pixels, interpolated pose (None: none near)."""
 
-    stamp: tuple[int, int]
+    stamp_ns: int  # header.stamp, integer nanoseconds
     rgb: np.ndarray
     pose: Pose | None
     frame_id: str
-    source: str  # "bag path#image topic": where the frame can be read again
+    source: str  # "bag path#image topic": where the frame can be read again (a place's source)
+
+    @property
+    def stamp(self) -> tuple[int, int]:
+        """``(sec, nanosec)`` of the header."""
+        return ns_to_pair(self.stamp_ns)
 
     @property
     def seconds(self) -> float:
-        return self.stamp[0] + self.stamp[1] * 1e-9
+        return ns_to_seconds(self.stamp_ns)
 
 
 @dataclass
@@ -244,8 +264,7 @@ def _navsat_sample(msg: Any, origin: tuple[float, float, float] | None) -> tuple
 
 
 def _stamp_ns(msg: Any) -> int:
-    sec, nsec = stamp_of(msg)
-    return sec * 1_000_000_000 + nsec
+    return to_ns(stamp_of(msg))
 
 
 def _in_stamp_order(messages: Iterable[tuple[int, Any]], stats: ReadStats, window: int = REORDER_FRAMES,
@@ -328,10 +347,10 @@ def _decode(msg: Any, stamp: int, poses: PoseBuffer | None, source: str, stats: 
         rgb = image_to_rgb(msg)
     except BadFrame as exc:
         stats.bad[exc.reason] += 1
-        LOG.warning("%s: bad frame at %d.%09d skipped: %s", path, stamp // 10**9, stamp % 10**9, exc)
+        LOG.warning("%s: bad frame at %s skipped: %s", path, format_stamp(stamp), exc)
         return None
-    pose = poses.lookup(stamp * 1e-9) if poses is not None else None
-    return Frame((stamp // 1_000_000_000, stamp % 1_000_000_000), rgb, pose, str(msg.header.frame_id), source)
+    pose = poses.lookup(ns_to_seconds(stamp)) if poses is not None else None
+    return Frame(stamp, rgb, pose, str(msg.header.frame_id), source)
 
 
 def frame_at(path: str | os.PathLike, image_topic: str, stamp: tuple[int, int],
@@ -342,7 +361,7 @@ def frame_at(path: str | os.PathLike, image_topic: str, stamp: tuple[int, int],
     whole topic (bags recorded with simulated time stamp headers on another clock).
     """
     path = Path(path)
-    target = stamp[0] * 1_000_000_000 + stamp[1]
+    target = to_ns(stamp)
     window = int(window_s * 1e9)
     reader = open_bag(path)
     try:

@@ -35,7 +35,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             path = args.out / f"{args.checkpoint.stem}.{dataset.name}.preds.txt"
             write_msls_predictions(path, dataset, result.predictions)
             written.append(path)
-    meta = {"checkpoint": str(args.checkpoint), "image_size": list(args.image_size), "precision": args.precision,
+    meta = {"checkpoint": str(args.checkpoint), "image_size": list(extractor.image_size), "precision": args.precision,
             "index": args.index, "nordland_window": args.nordland_window}
     written = write_results(results, args.out, meta) + written
     print(format_table(results))

@@ -38,6 +38,7 @@ import cv2
 import numpy as np
 
 from vpr_ros.errors import InputError
+from vpr_ros.types import PATCH_SIZE
 
 _MAGIC = b"VPRL"
 _VERSION = 1
@@ -50,7 +51,7 @@ class LocalFeatureSpec:
 
     dim: int = 64  # reduced token dimension (capped at the backbone width C)
     seed: int = 0  # seed of the random orthogonal projection
-    patch_size: int = 14  # DINOv2 patch side in input pixels
+    patch_size: int = PATCH_SIZE
 
     def __post_init__(self) -> None:
         if self.dim < 1 or self.patch_size < 1 or not 0 <= self.seed < 2**32:

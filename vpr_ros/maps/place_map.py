@@ -490,7 +490,8 @@ def check_model(stored: ModelIdentity | None, wanted: ModelIdentity | None, path
     if same_weights and stored.image_size != wanted.image_size:
         (h, w), (qh, qw) = stored.image_size, wanted.image_size
         raise ModelMismatchError(
-            f"map {path} was built by this checkpoint at input size {h}x{w}, but the model is set to {qh}x{qw}; "
+            f"map {path} was built by this checkpoint ({stored.arch}, sha256 {str(stored.checkpoint_sha256)[:12]}) "
+            f"at input size {h}x{w}, but the model is set to {qh}x{qw}; "
             f"describe at the map's size (--image-size {h} {w}, node parameter image_size [{h}, {w}]) or rebuild "
             "the map at the new size"
         )

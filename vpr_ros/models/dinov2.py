@@ -20,8 +20,8 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from vpr_ros.models.layers import resample_dinov2_pos_embed
+from vpr_ros.types import PATCH_SIZE
 
-PATCH_SIZE = 14
 HEAD_DIM = 64  # every DINOv2 size uses 64-d heads: heads = width / 64
 
 
