@@ -35,8 +35,10 @@ from std_srvs.srv import Trigger  # noqa: E402
 from visualization_msgs.msg import MarkerArray  # noqa: E402
 
 
-def start_node(params: dict, extra_args: list[str] = (), params_file: Path | None = None) -> subprocess.Popen:
-    """``python -m vpr_ros.ros.node`` with ``-p name:=value`` for each param."""
+def start_node(params: dict, extra_args: list[str] = (), params_file: Path | None = None,
+               preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen:
+    """``python -m vpr_ros.ros.node`` with ``-p name:=value`` for each param (``preexec_fn`` runs in
+    the child before it starts, e.g. to set resource limits)."""
     cmd = [sys.executable, "-m", "vpr_ros.ros.node", "--ros-args"]
     if params_file is not None:
         cmd += ["--params-file", str(params_file)]
@@ -45,7 +47,7 @@ def start_node(params: dict, extra_args: list[str] = (), params_file: Path | Non
         cmd += ["-p", f"{name}:={text}"]
     cmd += list(extra_args)
     log = tempfile.TemporaryFile("w+")  # not a pipe: a chatty node must never block on a full pipe
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True, preexec_fn=preexec_fn)
     proc.log = log  # type: ignore[attr-defined]
     return proc
 

@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -385,6 +386,10 @@ def test_count_mismatch(saved):
     data = f.read_bytes()
     manifest["files"]["index.faiss"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     (saved / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CorruptMapError, match="'manifest_sha256' does not match"):  # the manifest's own checksum
+        PlaceMap.load(saved)
+    del manifest["manifest_sha256"]  # optional (older maps lack it): the counts must still disagree
+    (saved / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(CorruptMapError, match="21 vectors.*20 places"):
         PlaceMap.load(saved)
 
@@ -404,6 +409,66 @@ def test_missing_manifest_and_future_version(saved, tmp_path):
     for path in (tmp_path / "file", tmp_path / "nowhere"):
         with pytest.raises(FileNotFoundError):
             PlaceMap.load(path)
+
+
+MISSING = object()
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("version", "2"), ("version", None), ("version", 0), ("dim", MISSING), ("dim", "abc"), ("dim", 0), ("dim", -16),
+    ("dim", 16.0), ("index", 5), ("index", "pca99"), ("count", -1), ("count", "20"), ("next_id", MISSING),
+    ("index_ntotal", True), ("enu_origin", "x"), ("enu_origin", [1, 2]), ("trained", "yes"), ("trained", MISSING),
+    ("model", "abc"), ("model", {"arch": "x"}), ("files", "x"), ("files", None),
+    ("files", {"index.faiss": "x", "places.sqlite": 1}), ("files", {"index.faiss": {"bytes": "1", "sha256": 3},
+                                                                    "places.sqlite": {}}),
+])
+def test_malformed_manifest_field(saved, field, value):
+    """Each wrong field is a CorruptMapError naming the file and the field, from info (map-info, query's input
+    size, node start) and load alike; these were TypeError / KeyError tracebacks."""
+    manifest = json.loads((saved / "manifest.json").read_text())
+    if value is MISSING:
+        del manifest[field]
+    else:
+        manifest[field] = value
+    (saved / "manifest.json").write_text(json.dumps(manifest))
+    for read in (PlaceMap.info, PlaceMap.load):
+        with pytest.raises(CorruptMapError, match=rf"manifest\.json is damaged: field '{field}'"):
+            read(saved)
+
+
+@pytest.mark.parametrize("text", ["[]", "null", "5", '"manifest"'])
+def test_manifest_that_is_no_object(saved, text):
+    (saved / "manifest.json").write_text(text)
+    with pytest.raises(CorruptMapError, match=r"manifest\.json is damaged: it holds .*, a place map manifest is an"):
+        PlaceMap.load(saved)
+
+
+def test_file_checksums_cannot_be_bypassed(tmp_path):
+    """Deleting ``files`` from the manifest used to skip the size and SHA-256 checks, so an index from another map
+    with as many places loaded and answered wrong. Version 1 maps always have both entries; they are required."""
+    small_map(seed=0).save(tmp_path / "a")
+    small_map(seed=1).save(tmp_path / "b")
+    file = tmp_path / "a" / "manifest.json"
+    manifest = json.loads(file.read_text())
+    assert manifest["version"] == 1 and set(manifest["files"]) == {"index.faiss", "places.sqlite"}
+    shutil.copyfile(tmp_path / "b" / "index.faiss", tmp_path / "a" / "index.faiss")
+    with pytest.raises(CorruptMapError, match=r"index\.faiss is truncated or damaged \(checksum mismatch"):
+        PlaceMap.load(tmp_path / "a")
+    manifest.pop("manifest_sha256", None)  # the manifest's own checksum is optional: maps saved before it lack it
+    files = manifest.pop("files")
+    for edited in ({}, {"files": {"places.sqlite": files["places.sqlite"]}}, {"files": {}}):
+        file.write_text(json.dumps({**manifest, **edited}))
+        with pytest.raises(CorruptMapError, match="field 'files'"):
+            PlaceMap.load(tmp_path / "a")
+
+
+def test_manifest_checks_itself(saved):
+    """A damaged manifest value that still parses (an ENU origin digit, a renamed key) is refused too."""
+    manifest = json.loads((saved / "manifest.json").read_text())
+    for edited in ({**manifest, "enu_origin": [47.0, 8.0, 400.0]}, {**manifest, "note": "hand edit"}):
+        (saved / "manifest.json").write_text(json.dumps(edited))
+        with pytest.raises(CorruptMapError, match="'manifest_sha256' does not match|'note' is no field"):
+            PlaceMap.load(saved)
 
 
 def test_bad_input():

@@ -56,3 +56,7 @@ class BadFrame(VprError, ValueError):
 
 class DatasetError(VprError, FileNotFoundError):
     """A benchmark dataset whose files are missing or do not follow the expected layout."""
+
+
+class ModelOutputError(VprError, ValueError):
+    """The model produced non-finite descriptors (damaged weights, an extreme input): never stored."""

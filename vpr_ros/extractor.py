@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from vpr_ros.errors import CheckpointError, InputError, MissingFileError
+from vpr_ros.errors import CheckpointError, InputError, MissingFileError, ModelOutputError
 from vpr_ros.models import VPRModel, load_model
 from vpr_ros.preprocess import (
     DEFAULT_IMAGE_SIZE,
@@ -141,7 +141,12 @@ class DescriptorExtractor:
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
             desc, fmap = self.forward(self.preprocess(chunk), patch_tokens)
-            descs.append(desc.cpu().numpy())
+            desc = desc.cpu().numpy()
+            bad = np.flatnonzero(~np.isfinite(desc).all(axis=1))
+            if len(bad):  # never hand on a NaN: maps, caches and outputs would keep it
+                raise ModelOutputError(f"the model produced non-finite descriptors for image(s) "
+                                       f"{[start + int(i) for i in bad[:10]]} of this batch; check the checkpoint")
+            descs.append(desc)
             if fmap is not None:
                 tokens.append(fmap.permute(0, 2, 3, 1).cpu().numpy())
         return Features(np.concatenate(descs), np.concatenate(tokens) if patch_tokens else None)

@@ -58,11 +58,12 @@ def cmd_map_info(args: argparse.Namespace) -> int:
 
     from vpr_ros.maps.place_map import FORMAT, PlaceMap
 
-    info = PlaceMap.info(args.map)
-    pm = PlaceMap.load(args.map)
+    info = PlaceMap.info(args.map)  # the one reader of manifests: falls back to <map>.bak like load()
+    pm = PlaceMap.load(info.path)  # the folder info chose, so both describe the same map
     ids = pm.ids()
     model = info.model
-    print(f"map          {args.map}")
+    print(f"map          {info.path}" + ("" if info.path == args.map else
+                                         f" ({args.map} is missing after an interrupted save)"))
     print(f"format       {FORMAT} v{info.version}")
     print(f"places       {len(pm)} (next id {info.next_id})")
     print(f"index        {pm.kind.name} ({'trained' if pm.trained else 'exact until trained'}), {pm.dim}-d descriptors")
@@ -106,11 +107,11 @@ def cmd_query(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise InputError(f"--k must be >= 1, got {args.k}")
     images = [load_image(p) for p in args.images]
-    model = PlaceMap.info(args.map).model
-    if args.image_size is None and model is not None:  # describe queries at the size the map was built with
-        args.image_size = model.image_size
+    info = PlaceMap.info(args.map)  # falls back to <map>.bak like load(), so the size below is the map's
+    if args.image_size is None and info.model is not None:  # describe queries at the size the map was built with
+        args.image_size = info.model.image_size
     extractor = make_extractor(args)
-    pm = PlaceMap.load(args.map, extractor.identity)
+    pm = PlaceMap.load(info.path, extractor.identity)
     scores, ids = pm.search(extractor.describe(images), args.k)
     bags = {b.name: b for b in args.bag or []}
     for qi, path in enumerate(args.images):

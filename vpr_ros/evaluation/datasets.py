@@ -50,6 +50,7 @@ unpickler that only rebuilds numpy arrays, so a crafted file cannot run code.
 from __future__ import annotations
 
 import io
+import math
 import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -159,6 +160,13 @@ class EvalDataset:
 # --------------------------------------------------------------------------- helpers
 
 
+class RefusedPickleError(DatasetError, pickle.UnpicklingError):
+    """An object ``.npy`` that holds Python objects other than numpy arrays, refused unrun for safety.
+
+    Also a ``pickle.UnpicklingError``, so callers that caught the unpickler's own error keep working.
+    """
+
+
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickler that can rebuild numpy arrays and nothing else."""
 
@@ -174,35 +182,104 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         ("_codecs", "encode"),
     }
 
+    def __init__(self, data: bytes, path: Path) -> None:
+        super().__init__(io.BytesIO(data), encoding="latin1")
+        self.path = path
+
     def find_class(self, module: str, name: str) -> object:
         if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a .npy file")
+            raise RefusedPickleError(
+                f"{self.path} holds Python objects other than numpy arrays ({module}.{name}) and was refused for "
+                "safety (object .npy files are pickles that could run code); re-save it as plain numpy arrays"
+            )
         return super().find_class(module, name)
 
 
+# What a damaged .npy makes numpy or the unpickler raise (bad magic or header, short data, pickle
+# opcodes or arguments that do not fit).
+_DAMAGED = (ValueError, EOFError, pickle.UnpicklingError, TypeError, LookupError, AttributeError, OverflowError,
+            MemoryError)
+
+
 def _load_npy(path: Path) -> np.ndarray:
-    """np.load that accepts pickled object arrays only when they hold plain numpy data."""
-    with path.open("rb") as f:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        else:
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        if not dtype.hasobject:
-            f.seek(0)
-            return np.load(f, allow_pickle=False)
-        arr = _NumpyOnlyUnpickler(io.BytesIO(f.read()), encoding="latin1").load()
+    """np.load that accepts pickled object arrays only when they hold plain numpy data.
+
+    Any damage is a :class:`DatasetError` naming the file; a header claiming more data than the
+    file holds is refused before numpy allocates it.
+    """
+    try:
+        with path.open("rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            if not dtype.hasobject:
+                claimed = math.prod(shape) * dtype.itemsize
+                if f.tell() + claimed > path.stat().st_size:
+                    raise DatasetError(f"{path} is truncated: its header claims {shape} {dtype} ({claimed:,} bytes), "
+                                       f"the file holds {path.stat().st_size - f.tell():,}")
+                f.seek(0)
+                return np.load(f, allow_pickle=False)
+            arr = _NumpyOnlyUnpickler(f.read(), path).load()
+    except DatasetError:
+        raise
+    except OSError as exc:
+        raise DatasetError(f"{path} cannot be read: {exc}") from exc
+    except _DAMAGED as exc:
+        raise DatasetError(f"{path} is not a readable .npy file (truncated or corrupt: {_first_line(exc)})") from exc
     if not isinstance(arr, np.ndarray):
-        raise InputError(f"{path}: pickled payload is not a numpy array")
+        raise DatasetError(f"{path}: pickled payload is a {type(arr).__name__}, not a numpy array")
     return arr
 
 
-def _str_list(arr: np.ndarray) -> list[str]:
-    return [str(x) for x in np.asarray(arr).reshape(-1)]
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
-def _positives_list(gt: np.ndarray | Sequence) -> list[np.ndarray]:
-    return [np.asarray(row, dtype=np.int64).reshape(-1) for row in gt]
+def _str_list(arr: np.ndarray, source: Path | str) -> list[str]:
+    """Image paths from a list file; numbers or nested objects are refused rather than becoming odd paths."""
+    flat = np.asarray(arr).reshape(-1)
+    if flat.dtype.kind not in "USO" or (flat.dtype.kind == "O" and not all(isinstance(x, str) for x in flat)):
+        raise DatasetError(f"{source} holds {flat.dtype} values, not image paths (strings)")
+    return [str(x) for x in flat]
+
+
+def _positives_list(gt: np.ndarray | Sequence, source: Path | str) -> list[np.ndarray]:
+    """Per-query int64 db indices; rows that are not whole numbers (text, fractions, nesting) are refused."""
+    try:
+        rows = list(gt)
+    except TypeError:
+        raise DatasetError(f"{source} is not a per-query list of reference indices "
+                           f"(a single {type(gt).__name__})") from None
+    out = []
+    for i, row in enumerate(rows):
+        indices = _as_indices(row)
+        if indices is None:
+            raise DatasetError(f"{source}: ground-truth row {i} is not a list of whole reference indices "
+                               f"(got {_short(row)})")
+        out.append(indices)
+    return out
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _as_indices(row: object) -> np.ndarray | None:
+    try:
+        a = np.asarray(row)
+        if a.dtype.kind == "O":  # e.g. Python ints in an object array; ragged nesting raises
+            a = np.asarray(a.tolist())
+    except (ValueError, TypeError):
+        return None
+    if a.size == 0:
+        return np.empty(0, np.int64)
+    if a.dtype.kind in "iu" or (a.dtype.kind == "f" and np.isfinite(a).all() and (a == np.trunc(a)).all()):
+        return a.astype(np.int64).reshape(-1)
+    return None
 
 
 def _object_array(rows: Sequence[np.ndarray]) -> np.ndarray:
@@ -239,7 +316,7 @@ def _utm_from_name(path: str) -> tuple[float, float]:
     try:
         return float(parts[1]), float(parts[2])
     except (IndexError, ValueError):
-        raise InputError(f"{path}: SF-XL file names must look like @utm_east@utm_north@...@.jpg") from None
+        raise DatasetError(f"{path}: SF-XL file names must look like @utm_east@utm_north@...@.jpg") from None
 
 
 def _require(name: str, root: Path, rel: Sequence[str], note: str = "") -> None:
@@ -270,21 +347,25 @@ def pittsburgh_from_mat(name: str, data_root: Path) -> EvalDataset:
     root = Path(data_root) / _FOLDERS[name]
     mat_rel = f"datasets/{name}.mat"
     _require(name, root, [mat_rel])
-    s = loadmat(root / mat_rel)["dbStruct"][0, 0]
+    try:
+        s = loadmat(root / mat_rel)["dbStruct"][0, 0]
 
-    def cells(key: str) -> list[str]:
-        return [str(np.asarray(c).reshape(-1)[0]) for c in np.asarray(s[key]).reshape(-1)]
+        def cells(key: str) -> list[str]:
+            return [str(np.asarray(c).reshape(-1)[0]) for c in np.asarray(s[key]).reshape(-1)]
 
-    utm_db = np.asarray(s["utmDb"], dtype=np.float64)
-    utm_q = np.asarray(s["utmQ"], dtype=np.float64)
-    thr = float(np.asarray(s["posDistThr"]).reshape(-1)[0])
-    ds = EvalDataset(
-        name=name,
-        root=root,
-        db_images=cells("dbImage"),
-        q_images=["queries_real/" + q for q in cells("qImage")],
-        positives=radius_positives(utm_db.T, utm_q.T, thr),  # utm* are stored 2 x N
-    )
+        utm_db = np.asarray(s["utmDb"], dtype=np.float64)
+        utm_q = np.asarray(s["utmQ"], dtype=np.float64)
+        thr = float(np.asarray(s["posDistThr"]).reshape(-1)[0])
+        ds = EvalDataset(
+            name=name,
+            root=root,
+            db_images=cells("dbImage"),
+            q_images=["queries_real/" + q for q in cells("qImage")],
+            positives=radius_positives(utm_db.T, utm_q.T, thr),  # utm* are stored 2 x N
+        )
+    except (*_DAMAGED, NotImplementedError) as exc:  # scipy: bad header, missing field, wrong shapes
+        raise DatasetError(f"{root / mat_rel} is not a readable NetVLAD dbStruct ({_first_line(exc)})") from exc
+    check_contents(ds, [root / mat_rel, root / mat_rel, f"the UTM coordinates in {root / mat_rel}"])
     return _check_images(ds)
 
 
@@ -299,7 +380,37 @@ def _list_folder(root: Path, folder: str) -> list[str]:
 def _lists_and_gt(name: str, root: Path, files: list[str]) -> EvalDataset:
     """The common layout: reference list, query list, ground-truth array (in that order)."""
     db, q, gt = (_load_npy(root / f) for f in files)
-    return EvalDataset(name, root, _str_list(db), _str_list(q), _positives_list(gt))
+    return EvalDataset(name, root, _str_list(db, root / files[0]), _str_list(q, root / files[1]),
+                       _positives_list(gt, root / files[2]))
+
+
+def check_contents(ds: EvalDataset, sources: Sequence[Path | str]) -> None:
+    """Refuse a dataset whose recall would mean nothing: no references, no queries, or ground truth
+    that names rows outside the database (``-1`` padding, indices past its end), has a row count
+    other than the query count, or gives no query any positive. ``sources`` are the files of the
+    references, the queries and the ground truth, for the message."""
+    db_src, q_src, gt_src = sources
+    n_db, n_q = len(ds.db_images), len(ds.q_images)
+    if n_db == 0:
+        raise DatasetError(f"dataset {ds.name!r}: {db_src} lists no reference images")
+    if n_q == 0:
+        raise DatasetError(f"dataset {ds.name!r}: {q_src} lists no query images")
+    if ds.positives is None:
+        return
+    if len(ds.positives) != n_q:
+        raise DatasetError(f"dataset {ds.name!r}: {gt_src} has {len(ds.positives)} ground-truth rows "
+                           f"for {n_q} queries")
+    for i, row in enumerate(ds.positives):
+        outside = row[(row < 0) | (row >= n_db)]
+        if outside.size:
+            what = "negative reference indices (padding?)" if (outside < 0).any() else "reference indices past the end"
+            raise DatasetError(
+                f"dataset {ds.name!r}: {gt_src} has {what}: query {i} lists {outside[:5].tolist()}, "
+                f"but the {n_db} references are rows 0..{n_db - 1}"
+            )
+    if not any(len(row) for row in ds.positives):
+        raise DatasetError(f"dataset {ds.name!r}: {gt_src} gives no query any positive; it does not belong "
+                           f"to these {n_db} references")
 
 
 def load_dataset(name: str, data_root: Path, nordland_window: int = 1) -> EvalDataset:
@@ -314,32 +425,41 @@ def load_dataset(name: str, data_root: Path, nordland_window: int = 1) -> EvalDa
             return pittsburgh_from_mat(name, data_root)
         _require(name, root, files, f"(or provide datasets/{name}.mat instead of the three .npy files)")
         ds = _lists_and_gt(name, root, files)
+        sources = [root / f for f in files]
     elif name == "msls_val":
         files = ["msls_val_dbImages.npy", "msls_val_qImages.npy", "msls_val_qIdx.npy", "msls_val_pIdx.npy"]
         _require(name, root, files)
-        q_all = _str_list(_load_npy(root / files[1]))
-        q_idx = np.asarray(_load_npy(root / files[2]), dtype=np.int64).reshape(-1)
+        q_all = _str_list(_load_npy(root / files[1]), root / files[1])
+        q_idx = _as_indices(_load_npy(root / files[2]))
+        if q_idx is None or ((q_idx < 0) | (q_idx >= len(q_all))).any():
+            raise DatasetError(f"dataset {name!r}: {root / files[2]} must hold indices into the "
+                               f"{len(q_all)} entries of {files[1]} (0..{len(q_all) - 1})")
         ds = EvalDataset(
             name,
             root,
-            _str_list(_load_npy(root / files[0])),
+            _str_list(_load_npy(root / files[0]), root / files[0]),
             [q_all[i] for i in q_idx],
-            _positives_list(_load_npy(root / files[3])),
+            _positives_list(_load_npy(root / files[3]), root / files[3]),
         )
+        sources = [root / files[0], root / files[2], root / files[3]]
     elif name == "msls_challenge":
         files = ["msls_test_dbImages.npy", "msls_test_qImages.npy"]
         _require(name, root, files)
-        ds = EvalDataset(name, root, _str_list(_load_npy(root / files[0])), _str_list(_load_npy(root / files[1])), None)
+        ds = EvalDataset(name, root, _str_list(_load_npy(root / files[0]), root / files[0]),
+                         _str_list(_load_npy(root / files[1]), root / files[1]), None)
+        sources = [root / f for f in files] + ["(no ground truth)"]
     elif name == "nordland":
         files = ["Nordland_dbImages.npy", "Nordland_qImages.npy"]
         _require(name, root, files)
-        db = _str_list(_load_npy(root / files[0]))
-        q = _str_list(_load_npy(root / files[1]))
+        db = _str_list(_load_npy(root / files[0]), root / files[0])
+        q = _str_list(_load_npy(root / files[1]), root / files[1])
         ds = EvalDataset(name, root, db, q, nordland_positives(len(db), len(q), nordland_window))
+        sources = [root / f for f in files] + ["the Nordland frame window"]
     elif name == "sped":
         files = ["SPED_dbImages.npy", "SPED_qImages.npy", "SPED_gt.npy"]
         _require(name, root, files)
         ds = _lists_and_gt(name, root, files)
+        sources = [root / f for f in files]
     else:  # sfxl
         missing = [root / f for f in ("database", "queries") if not (root / f).is_dir()]
         if missing:
@@ -352,7 +472,7 @@ def load_dataset(name: str, data_root: Path, nordland_window: int = 1) -> EvalDa
         db_utm = np.array([_utm_from_name(p) for p in db])
         q_utm = np.array([_utm_from_name(p) for p in q])
         ds = EvalDataset(name, root, db, q, radius_positives(db_utm, q_utm, POS_DIST_THR))
+        sources = [root / "database", root / "queries", f"the UTM coordinates in the file names ({POS_DIST_THR:g} m)"]
 
-    if ds.positives is not None and len(ds.positives) != len(ds.q_images):
-        raise InputError(f"{name}: {len(ds.positives)} ground-truth rows for {len(ds.q_images)} queries")
+    check_contents(ds, sources)
     return _check_images(ds)

@@ -74,14 +74,21 @@ def search_topk(db: np.ndarray, queries: np.ndarray, k: int, gpu: bool | None = 
 def recalls_from_predictions(
     predictions: np.ndarray, positives: Sequence[np.ndarray], ks: Sequence[int] = K_EVAL
 ) -> dict[int, float]:
-    """Recall@K from ranked predictions ``[nq, >= max(ks)]`` and per-query positive db indices."""
+    """Recall@K from ranked predictions ``[nq, >= max(ks)]`` and per-query positive db indices.
+
+    Negative entries are padding (faiss returns -1 when the database has fewer than K rows, a
+    place map when it finds fewer): they never count as hits, even against a ground truth that
+    itself holds -1, and neither do negative "positives".
+    """
     ks = sorted(int(k) for k in ks)
     if len(positives) != len(predictions):
         raise InputError(f"{len(positives)} positive lists for {len(predictions)} queries")
     correct = np.zeros(len(ks))
     for pred, pos in zip(predictions, positives, strict=True):
+        pred = np.asarray(pred)
+        pos = np.asarray(pos).reshape(-1)
         for i, k in enumerate(ks):
-            if np.any(np.isin(pred[:k], pos)):
+            if np.any(np.isin(pred[:k], pos[pos >= 0]) & (pred[:k] >= 0)):
                 correct[i:] += 1  # a hit at K is a hit at every larger K
                 break
     recall = correct / max(len(predictions), 1)
@@ -199,6 +206,8 @@ class DescriptorCache:
             arr = np.load(io.BytesIO(data), allow_pickle=False)
             if arr.shape != (len(self.chunk_range(i)), self.dim) or arr.dtype != np.float32:
                 raise InputError(f"shape {arr.shape} {arr.dtype}")
+            if not np.isfinite(arr).all():  # written before non-finite rows were refused
+                raise InputError("non-finite descriptors")
         except (OSError, ValueError) as exc:
             LOG.warning("descriptor cache chunk %s unusable (%s): computing it again", self._chunk_path(i), exc)
             self.chunks.pop(i, None)
@@ -209,6 +218,10 @@ class DescriptorCache:
         descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
         if descriptors.shape != (len(self.chunk_range(i)), self.dim):
             raise InputError(f"chunk {i} needs {len(self.chunk_range(i))} x {self.dim}, got {descriptors.shape}")
+        bad = np.flatnonzero(~np.isfinite(descriptors).all(axis=1))
+        if bad.size:  # a cached NaN would poison every later run of this model on these images
+            rows = [self.chunk_range(i)[j] for j in bad[:5]]
+            raise InputError(f"refusing to cache non-finite descriptors of images {rows} (chunk {i})")
         self.dir.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
         np.save(buf, descriptors)
@@ -223,6 +236,17 @@ def _load_batch(paths: Sequence[Path], extractor: DescriptorExtractor, pool: Thr
     if extractor.resize == "fast":  # decode here, resize on the extractor's device
         return extractor.preprocess(list(pool.map(load_image, paths)))
     return torch.cat(list(pool.map(lambda p: preprocess_exact([p], extractor.image_size), paths)))
+
+
+def _check_finite(descriptors: np.ndarray, paths: Sequence[Path], precision: str) -> None:
+    """Refuse NaN / inf descriptors before they are cached or searched: faiss would rank them
+    arbitrarily and the recall table would look plausible."""
+    bad = np.flatnonzero(~np.isfinite(descriptors).all(axis=1))
+    if bad.size:
+        names = ", ".join(str(paths[j]) for j in bad[:5]) + (f" and {bad.size - 5} more" if bad.size > 5 else "")
+        hint = f"; try --precision fp32 (now {precision})" if precision != "fp32" else ""
+        raise InputError(f"the model gave non-finite (NaN/inf) descriptors for {bad.size} image(s): {names}; "
+                         f"nothing was cached for them{hint}")
 
 
 def describe_cached(extractor: DescriptorExtractor, paths: Sequence[Path], cache: DescriptorCache,
@@ -261,6 +285,7 @@ def describe_cached(extractor: DescriptorExtractor, paths: Sequence[Path], cache
                 pending = load(batches[b + 1][1])
             descriptors, _ = extractor.forward(batch.to(extractor.device, non_blocking=True))
             out[rows.start : rows.stop] = descriptors.cpu().numpy()
+            _check_finite(out[rows.start : rows.stop], [paths[j] for j in rows], extractor.precision)
             bar.update(len(rows))
             r = cache.chunk_range(chunk)
             if rows.stop == r.stop:

@@ -1,7 +1,8 @@
 """A map of places: global descriptors in a FAISS index plus per-place metadata, saved safely.
 
 On disk a map is a folder: ``manifest.json`` (format, descriptor size, index kind, counts, the
-model that built it, size and SHA-256 of every file), ``index.faiss`` and ``places.sqlite``.
+model that built it, size and SHA-256 of every file and of the manifest itself), ``index.faiss``
+and ``places.sqlite``.
 Saving writes a complete new folder beside the old one, fsyncs it and renames it into place,
 so a process killed at any moment leaves a loadable map (the old one or the new one). Loading
 verifies the manifest, the file checksums and the counts before answering any query.
@@ -12,11 +13,14 @@ Place ids are assigned in insertion order and never reused, so "the last N place
 
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import json
 import logging
+import math
 import os
+import re
 import shutil
 import sqlite3
 import threading
@@ -29,13 +33,15 @@ import numpy as np
 
 from vpr_ros.errors import CorruptMapError, InputError, MapError, MapSaveError, MissingFileError, ModelMismatchError
 from vpr_ros.maps.index_kinds import IndexKind, new_index, train_index
-from vpr_ros.types import ModelIdentity, Pose, Stamp, ns_to_pair, ns_to_seconds, to_ns
+from vpr_ros.types import NS_PER_S, ModelIdentity, Pose, Stamp, ns_to_pair, ns_to_seconds, to_ns
 
 LOG = logging.getLogger(__name__)
 
 FORMAT = "vpr_ros.place_map"
 FORMAT_VERSION = 1
 MANIFEST, INDEX_FILE, PLACES_FILE = "manifest.json", "index.faiss", "places.sqlite"
+MAX_DIM = 1 << 16  # far above any descriptor (SALAD: 8448-d): a larger "dim" is damage, not a model
+MAX_MANIFEST_BYTES = 1 << 20  # manifests are ~1 KB; a bigger file is not read into memory
 
 @dataclass(frozen=True)
 class Place:
@@ -72,7 +78,8 @@ class MapInfo:
     next_id: int
     model: ModelIdentity | None
     enu_origin: tuple[float, float, float] | None  # (lat, lon, alt) of the ENU frame of GNSS poses
-    files: dict[str, dict]
+    files: dict[str, dict]  # name -> {bytes, sha256} of index.faiss and places.sqlite
+    index_ntotal: int  # vectors in the index: places plus removed ones the index cannot delete (HNSW)
 
 
 class _Columns:
@@ -308,6 +315,9 @@ class PlaceMap:
                                "memory is intact and the previous saved map is untouched") from exc
 
     def _save(self, path: Path) -> None:
+        if path.exists() and not (path / MANIFEST).is_file() and (not path.is_dir() or any(path.iterdir())):
+            # a file or a folder of other things: replacing it would delete them (it would become path.bak)
+            raise FileExistsError(errno.EEXIST, "something other than a place map is in the way", str(path))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
         backup = path.with_name(f"{path.name}.bak")
@@ -323,6 +333,7 @@ class PlaceMap:
                 self._write_places(tmp / PLACES_FILE)
                 manifest = self._manifest()
             manifest["files"] = {name: _file_info(tmp / name) for name in (INDEX_FILE, PLACES_FILE)}
+            manifest["manifest_sha256"] = _manifest_digest(manifest)
             _write_synced(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
             _fsync_dir(tmp)
             if backup.exists() and path.exists():
@@ -376,12 +387,16 @@ class PlaceMap:
 
     @classmethod
     def load(cls, path: str | os.PathLike, model_id: ModelIdentity | None = None) -> PlaceMap:
-        """Open a saved map, verifying files, counts and (when given) the model identity."""
+        """Open a saved map, verifying files, counts and (when given) the model identity. Every damage
+        is a MapError (CorruptMapError, ModelMismatchError) or MissingFileError, never a wrong answer."""
         info = cls.info(path)
         path = info.path
         check_model(info.model, model_id, path)
         for name, expected in info.files.items():
-            actual = _file_info(path / name) if (path / name).is_file() else None
+            try:
+                actual = _file_info(path / name) if (path / name).is_file() else None
+            except OSError as exc:
+                raise MapError(f"{path / name} cannot be read: {exc.strerror or exc}") from exc
             if actual != expected:
                 what = "missing" if actual is None else f"{actual['bytes']:,} bytes, expected {expected['bytes']:,}" \
                     if actual["bytes"] != expected["bytes"] else "checksum mismatch"
@@ -389,19 +404,12 @@ class PlaceMap:
         pm = cls(info.dim, IndexKind.parse(info.index), info.model)
         try:
             pm.index = faiss.read_index(str(path / INDEX_FILE))
-        except RuntimeError as exc:
+        except (RuntimeError, MemoryError) as exc:
             raise CorruptMapError(f"{path / INDEX_FILE} cannot be read: {str(exc).splitlines()[0]}") from exc
         pm.trained = info.trained
         pm._read_places(path / PLACES_FILE)
         pm.enu_origin = info.enu_origin or _legacy_enu_origin(pm.cols.strings)
-        if pm.index.d != pm.dim:
-            raise CorruptMapError(f"{path}: index holds {pm.index.d}-d vectors, manifest says {pm.dim}")
-        expected = len(pm) + len(pm.tombstones)
-        if pm.index.ntotal != expected or len(pm) != info.count:
-            raise CorruptMapError(
-                f"{path}: index holds {pm.index.ntotal} vectors but the metadata lists {expected} places "
-                f"(manifest count {info.count}); the map is inconsistent, rebuild it"
-            )
+        _check_index(pm, info)
         return pm
 
     @staticmethod
@@ -412,8 +420,9 @@ class PlaceMap:
 
     @staticmethod
     def info(path: str | os.PathLike) -> MapInfo:
-        """The manifest of a saved map (falling back to ``.bak`` after an interrupted save), checked
-        for format and version; the index and places are not read."""
+        """The manifest of a saved map (falling back to ``.bak`` after an interrupted save), every field
+        type- and range-checked; the index and places are not read. The one reader of manifests, so
+        ``load``, ``map-info``, ``query`` and the node agree on which folder a map is and what it says."""
         path = Path(path)
         backup = path.with_name(f"{path.name}.bak")
         if not (path / MANIFEST).is_file() and (backup / MANIFEST).is_file():
@@ -421,53 +430,256 @@ class PlaceMap:
             path = backup
         if not path.is_dir():
             raise MissingFileError(f"no place map at {path}")
-        try:
-            manifest = json.loads((path / MANIFEST).read_text())
-        except FileNotFoundError as exc:
-            raise MapError(f"{path} is not a place map: no {MANIFEST}") from exc
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CorruptMapError(f"{path / MANIFEST} is damaged: {exc}") from exc
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-            raise MapError(f"{path} is not a place map ({MANIFEST} has format {found!r})")
-        if manifest.get("version", 0) > FORMAT_VERSION:
-            raise MapError(f"{path} has map format version {manifest['version']}; this vpr_ros reads "
-                           f"up to {FORMAT_VERSION}: upgrade vpr_ros")
-        try:
-            origin = manifest.get("enu_origin")
-            return MapInfo(
-                path=path, version=int(manifest["version"]), dim=int(manifest["dim"]), index=str(manifest["index"]),
-                trained=bool(manifest["trained"]), count=int(manifest["count"]), next_id=int(manifest["next_id"]),
-                model=ModelIdentity.from_json(manifest["model"]) if manifest.get("model") else None,
-                enu_origin=None if origin is None else (float(origin[0]), float(origin[1]), float(origin[2])),
-                files=dict(manifest.get("files", {})),
-            )
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise CorruptMapError(f"{path / MANIFEST} is damaged: {type(exc).__name__}: {exc}") from exc
+        return _parse_manifest(path, _read_manifest(path / MANIFEST))
 
     def _read_places(self, file: Path) -> None:
-        con = sqlite3.connect(f"file:{file}?mode=ro", uri=True)
         try:
-            rows = con.execute("SELECT * FROM places ORDER BY id").fetchall()
-            features = con.execute("SELECT id, data FROM local_features").fetchall()
-        except sqlite3.DatabaseError as exc:
+            con = sqlite3.connect(f"file:{file}?mode=ro", uri=True)
+            try:
+                rows = con.execute(f"SELECT {_PLACE_COLUMNS} FROM places ORDER BY id").fetchall()
+                features = con.execute("SELECT id, data FROM local_features ORDER BY id").fetchall()
+            finally:
+                con.close()
+        except sqlite3.Error as exc:
             raise CorruptMapError(f"{file} is not a readable places database: {exc}") from exc
-        finally:
-            con.close()
         c = self.cols
         c.grow(len(rows))
-        for pid, sec, nsec, frame, *rest in rows:
-            if pid != c.n:
-                raise CorruptMapError(f"{file}: place ids are not contiguous at {pid}")
-            pose, pose_frame, source, removed, hidden = rest[:7], rest[7], rest[8], rest[9], rest[10]
-            c.ns[pid], c.alive[pid] = to_ns((sec, nsec)), not removed
+        for pid, sec, nsec, frame, *pose, pose_frame, source, removed, hidden in rows:
+            if type(pid) is not int or pid != c.n:
+                raise CorruptMapError(f"{file}: place ids are not contiguous at {pid!r} (expected {c.n})")
+            why = _bad_place(sec, nsec, frame, pose, pose_frame, source, removed, hidden)
+            if why:
+                raise CorruptMapError(f"{file}: place {pid} has {why}; restore the map or rebuild it")
+            c.ns[pid], c.alive[pid] = sec * NS_PER_S + nsec, not removed
             c.frame[pid], c.source[pid] = c.intern(frame), c.intern(source)
             c.pose[pid] = np.nan if pose[0] is None else pose
             c.pose_frame[pid] = c.intern(pose_frame or "")
             if hidden:
                 self.tombstones.add(pid)
             c.n += 1
-        self.local_features = {int(i): bytes(b) for i, b in features}
+        for pid, blob in features:
+            if type(pid) is not int or not 0 <= pid < c.n or not c.alive[pid] or not isinstance(blob, bytes):
+                raise CorruptMapError(f"{file}: local features stored for {pid!r}, which is no place of the map "
+                                      f"(or not a blob); restore the map or rebuild it")
+        self.local_features = {pid: bytes(blob) for pid, blob in features}
+
+
+_PLACE_COLUMNS = "id, sec, nanosec, frame_id, px, py, pz, qx, qy, qz, qw, pose_frame, source, removed, hidden"
+_INT64 = (-(2**63), 2**63)
+
+
+def _bad_place(sec: object, nsec: object, frame: object, pose: list, pose_frame: object, source: object,
+               removed: object, hidden: object) -> str:
+    """Why a places row cannot be a place this code wrote ("" when it can): sqlite stores any type in
+    any column, so a damaged or foreign database must not reach numpy casts or string tables."""
+    if type(sec) is not int or type(nsec) is not int or not 0 <= nsec < NS_PER_S:
+        return f"stamp ({sec!r}, {nsec!r}) that is no (sec, nanosec) pair"
+    if not _INT64[0] <= sec * NS_PER_S + nsec < _INT64[1]:
+        return f"stamp second {sec} out of range"
+    if not isinstance(frame, str) or not isinstance(source, str):
+        return f"frame_id {frame!r} / source {source!r} that are not text"
+    if any(v is None for v in pose):
+        if any(v is not None for v in pose) or pose_frame not in (None, ""):
+            return "a partial pose"
+    elif not all(type(v) in (int, float) and math.isfinite(v) for v in pose) or not isinstance(pose_frame, str):
+        return f"pose {pose!r} in frame {pose_frame!r} that is no finite pose"
+    if removed not in (0, 1) or hidden not in (0, 1) or type(removed) is not int or type(hidden) is not int:
+        return f"removed={removed!r} hidden={hidden!r} flags that are not 0/1"
+    if hidden and not removed:
+        return "a hidden flag without removed (only removed places are hidden)"
+    return ""
+
+
+def _read_manifest(file: Path) -> dict:
+    """The manifest as a JSON object; MapError when the folder is no map, CorruptMapError when damaged."""
+    try:
+        if file.exists() and not file.is_file():  # a folder, a device such as /dev/zero, a pipe
+            raise MapError(f"{file} is not a regular file")
+        with open(file, "rb") as f:
+            data = f.read(MAX_MANIFEST_BYTES + 1)
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise CorruptMapError(f"{file} is damaged: over {MAX_MANIFEST_BYTES:,} bytes, a place map manifest "
+                                  "is about one kilobyte")
+        manifest = json.loads(data.decode("utf-8"))
+    except FileNotFoundError as exc:
+        raise MapError(f"{file.parent} is not a place map: no {MANIFEST}") from exc
+    except OSError as exc:  # no read permission, I/O error
+        raise MapError(f"{file} cannot be read: {exc.strerror or exc}") from exc
+    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, absurdly nested or long numbers
+        raise CorruptMapError(f"{file} is damaged: not JSON ({type(exc).__name__}: {str(exc)[:200]})") from exc
+    if not isinstance(manifest, dict):
+        raise CorruptMapError(f"{file} is damaged: it holds {_json_type(manifest)}, a place map manifest is "
+                              "an object")
+    return manifest
+
+
+class _Fields:
+    """Typed access to manifest fields: every missing or wrong value is a CorruptMapError that names
+    the file and the field (never a TypeError or KeyError from deep inside a cast)."""
+
+    def __init__(self, file: Path, manifest: dict) -> None:
+        self.file, self.manifest = file, manifest
+
+    def error(self, field: str, why: str) -> CorruptMapError:
+        return CorruptMapError(f"{self.file} is damaged: field {field!r} {why}; restore the map or rebuild it")
+
+    def get(self, field: str, types: tuple[type, ...], what: str, optional: bool = False) -> object:
+        if field not in self.manifest:
+            if optional:
+                return None
+            raise self.error(field, "is missing")
+        value = self.manifest[field]
+        if not _is(value, types):
+            raise self.error(field, f"is {json.dumps(value)[:80]}, expected {what}")
+        return value
+
+    def integer(self, field: str, lo: int, hi: int | None = None, lo_field: str = "") -> int:
+        """An int (not a bool or float) in ``lo..hi``; ``lo_field`` names the field ``lo`` comes from."""
+        value = self.get(field, (int,), "an integer")
+        if value < lo or (hi is not None and value > hi):
+            bound = f"{lo}..{hi}" if hi is not None else f">= {lo_field + ' ' if lo_field else ''}{lo}"
+            raise self.error(field, f"is {value}, out of range (expected {bound})")
+        return value
+
+
+def _json_type(value: object) -> str:
+    """The JSON name of a parsed value's type, for messages about a manifest."""
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array",
+             dict: "an object", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _is(value: object, types: tuple[type, ...]) -> bool:
+    """isinstance where bool is no int and int is a float (JSON has no such distinctions)."""
+    if isinstance(value, bool):
+        return bool in types
+    if float in types and isinstance(value, int):
+        return True
+    return isinstance(value, types)
+
+
+def _parse_manifest(path: Path, manifest: dict) -> MapInfo:
+    """MapInfo of a manifest written by this format version, each field checked for type and range."""
+    m = _Fields(path / MANIFEST, manifest)
+    if manifest.get("format") != FORMAT:
+        raise MapError(f"{path} is not a place map ({MANIFEST} has format {manifest.get('format')!r})")
+    version = m.get("version", (int,), "an integer")
+    if version > FORMAT_VERSION:
+        raise MapError(f"{path} has map format version {version}; this vpr_ros reads up to {FORMAT_VERSION}: "
+                       "upgrade vpr_ros")
+    version = m.integer("version", 1)
+    for field in sorted(set(manifest) - _MANIFEST_FIELDS):  # e.g. a key name with a flipped bit
+        raise m.error(field, f"is no field of a version-{FORMAT_VERSION} place map manifest")
+    dim = m.integer("dim", 1, MAX_DIM)
+    index = m.get("index", (str,), "an index kind name")
+    try:
+        kind = IndexKind.parse(index)
+        needs_training = kind.min_train(dim) > 0
+    except InputError as exc:
+        raise m.error("index", f"is invalid: {exc}") from exc
+    trained = m.get("trained", (bool,), "true or false")
+    if not trained and not needs_training:
+        raise m.error("trained", f"is false, but index kind {index} needs no training")
+    count = m.integer("count", 0)
+    ntotal = m.integer("index_ntotal", count, lo_field="count")  # places plus hidden (tombstoned) ones
+    next_id = m.integer("next_id", ntotal, lo_field="index_ntotal")  # ids are never reused: all stored ones are below
+    info = MapInfo(path=path, version=version, dim=dim, index=index, trained=trained, count=count, next_id=next_id,
+                   model=_manifest_model(m, dim), enu_origin=_manifest_origin(m), files=_manifest_files(m),
+                   index_ntotal=ntotal)
+    digest = m.get("manifest_sha256", (str,), "64 hex digits", optional=True)  # absent in maps saved before it
+    if digest is not None and digest != _manifest_digest(manifest):
+        raise m.error("manifest_sha256", "does not match the manifest's content: a field was edited or damaged")
+    return info
+
+
+_MANIFEST_FIELDS = frozenset({"format", "version", "dim", "index", "trained", "count", "index_ntotal", "next_id",
+                              "model", "enu_origin", "files", "manifest_sha256"})
+
+
+def _manifest_digest(manifest: dict) -> str:
+    """SHA-256 of the manifest without its own digest, as canonical JSON. The data files carry checksums in the
+    manifest; this one catches a damaged manifest value that still parses (a digit of enu_origin, a model name)."""
+    body = {key: value for key, value in manifest.items() if key != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _manifest_model(m: _Fields, dim: int) -> ModelIdentity | None:
+    model = m.get("model", (dict, type(None)), "null or an object")
+    if model is None:
+        return None
+    arch, size = model.get("arch"), model.get("image_size")
+    sha, out_dim = model.get("checkpoint_sha256"), model.get("descriptor_dim")
+    if not isinstance(arch, str) or not arch:
+        raise m.error("model", f"has arch {arch!r}, expected a name")
+    if not isinstance(size, list) or len(size) != 2 or not all(type(v) is int and v > 0 for v in size):
+        raise m.error("model", f"has image_size {size!r}, expected [H, W]")
+    if type(out_dim) is not int or out_dim != dim:
+        raise m.error("model", f"has descriptor_dim {out_dim!r}, but the map holds {dim}-d descriptors")
+    if sha is not None and not isinstance(sha, str):
+        raise m.error("model", f"has checkpoint_sha256 {sha!r}, expected text or null")
+    return ModelIdentity(arch, (size[0], size[1]), out_dim, sha)
+
+
+def _manifest_origin(m: _Fields) -> tuple[float, float, float] | None:
+    origin = m.get("enu_origin", (list, type(None)), "null or [lat, lon, alt]", optional=True)  # added in v1
+    if origin is None:
+        return None
+    if len(origin) != 3 or not all(_is(v, (float,)) and math.isfinite(v) for v in origin) \
+            or abs(origin[0]) > 90 or abs(origin[1]) > 180:
+        raise m.error("enu_origin", f"is {origin!r}, expected [lat, lon, alt] in degrees and metres")
+    return float(origin[0]), float(origin[1]), float(origin[2])
+
+
+def _manifest_files(m: _Fields) -> dict[str, dict]:
+    """Sizes and SHA-256 of both data files: required, so a swapped or damaged file can never skip the check."""
+    files = m.get("files", (dict,), "an object")
+    if set(files) != {INDEX_FILE, PLACES_FILE}:
+        raise m.error("files", f"lists {sorted(files)}, expected exactly {INDEX_FILE} and {PLACES_FILE}")
+    for name, entry in files.items():
+        if not isinstance(entry, dict) or set(entry) != {"bytes", "sha256"} or type(entry["bytes"]) is not int \
+                or entry["bytes"] < 0 or not isinstance(entry["sha256"], str) \
+                or not re.fullmatch(r"[0-9a-f]{64}", entry["sha256"]):
+            raise m.error("files", f"has {name}: {entry!r}, expected {{\"bytes\": N, \"sha256\": 64 hex digits}}")
+    return files
+
+
+def _check_index(pm: PlaceMap, info: MapInfo) -> None:
+    """The index read must be the one the places describe: keyed by their ids, cosine, of the manifest's size."""
+    index, path = pm.index, info.path
+    if not hasattr(index, "id_map") or index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise CorruptMapError(f"{path / INDEX_FILE} is no place index (not keyed by place id or not cosine); "
+                              "restore the map or rebuild it")
+    if not _has_structure(index, IndexKind.parse(info.index) if info.trained else IndexKind("flat"), pm.dim):
+        raise CorruptMapError(f"{path / INDEX_FILE} is no {info.index if info.trained else 'untrained'} index, "
+                              f"but {MANIFEST} field 'index' says {info.index}; the map is inconsistent, rebuild it")
+    if index.d != pm.dim:
+        raise CorruptMapError(f"{path / INDEX_FILE} holds {index.d}-d vectors, but {MANIFEST} field 'dim' says "
+                              f"{pm.dim}; the map is inconsistent, rebuild it")
+    expected = len(pm) + len(pm.tombstones)
+    if index.ntotal != expected or len(pm) != info.count or index.ntotal != info.index_ntotal:
+        raise CorruptMapError(
+            f"{path / INDEX_FILE} holds {index.ntotal} vectors but {PLACES_FILE} lists {expected} places "
+            f"({MANIFEST} fields 'count' {info.count}, 'index_ntotal' {info.index_ntotal}); the map is "
+            "inconsistent, rebuild it"
+        )
+    if pm.cols.n != info.next_id:
+        raise CorruptMapError(f"{path / PLACES_FILE} has {pm.cols.n} place ids, but {MANIFEST} field 'next_id' is "
+                              f"{info.next_id}; the map is inconsistent, rebuild it")
+    stored = np.sort(faiss.vector_to_array(index.id_map))
+    listed = np.union1d(pm.ids(), np.fromiter(pm.tombstones, np.int64, len(pm.tombstones)))
+    if not np.array_equal(stored, listed):
+        raise CorruptMapError(f"{path}: the index holds other place ids than {PLACES_FILE} lists; rebuild the map")
+
+
+def _has_structure(index: faiss.Index, kind: IndexKind, dim: int) -> bool:
+    """Whether ``index`` is built like a new index of ``kind`` (same faiss classes, pre-transforms unwrapped)."""
+    reference = new_index(kind, dim)  # kept alive: it owns the inner indexes compared below
+    want, have = faiss.downcast_index(reference.index), faiss.downcast_index(index.index)
+    while isinstance(have, type(want)):
+        if not isinstance(want, faiss.IndexPreTransform):
+            return True
+        want, have = faiss.downcast_index(want.index), faiss.downcast_index(have.index)
+    return False
 
 
 def _legacy_enu_origin(strings: Sequence[str]) -> tuple[float, float, float] | None:

@@ -15,6 +15,7 @@ import math
 import os
 import pickle
 import re
+import struct
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -69,16 +70,55 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[StateDict, str]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as exc:
-        blocked = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        if blocked:
+        refused = _refused_global(str(exc))
+        if refused:
             raise CheckpointError(
-                f"{path} holds Python objects besides tensors ({blocked.group(1)}) and is refused for safety "
+                f"{path} holds Python objects besides tensors ({refused}) and is refused for safety "
                 "(checkpoints are loaded with weights_only=True); re-save only its state_dict"
             ) from exc
-        raise CheckpointError(f"{path} is truncated or corrupt (unreadable pickle data)") from exc
-    except (RuntimeError, EOFError, ValueError) as exc:
-        raise CheckpointError(f"{path} is truncated or corrupt: {_first_line(exc)}") from exc
+        raise CheckpointError(f"{path} is truncated or corrupt (unreadable pickle data: {_reason(exc)})") from exc
+    except _DAMAGED as exc:
+        detail = _first_line(exc) if isinstance(exc, RuntimeError) else f"{type(exc).__name__}: {_first_line(exc)}"
+        raise CheckpointError(f"{path} is truncated or corrupt: {detail}") from exc
     return unwrap_state_dict(obj, str(path)), file_sha256(path)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+# What torch.load raises on damaged bytes besides UnpicklingError: the pickle VM indexes its stack
+# and memo, unpacks lengths and decodes strings straight from the file, and the legacy format
+# asserts that its storage keys match.
+_DAMAGED = (RuntimeError, EOFError, ValueError, LookupError, TypeError, AttributeError, OverflowError, struct.error,
+            AssertionError)
+
+# How torch >= 2.1 words the refusal of a non-tensor global (its name is group 1), all wrapped in
+# "Weights only load failed. ...": 2.4+ "Unsupported global: GLOBAL x.y was not an allowed global by
+# default", 2.5+ "Trying to load unsupported GLOBAL posix.system whose module posix is blocked",
+# 2.1-2.3 "Unsupported class x.y". Other complaints ("Unsupported operand 63", "Can only build ...
+# but got <class 'int'>") come from damaged bytes, not from a saved object.
+_REFUSED_PATTERNS = (
+    re.compile(r"Unsupported global: GLOBAL (\S+)"),
+    re.compile(r"unsupported GLOBAL (\S+) whose module \S+ is blocked", re.IGNORECASE),
+    re.compile(r"Unsupported class (\S+)"),
+)
+
+
+def _refused_global(message: str) -> str | None:
+    """Name of the Python object a weights-only ``torch.load`` refused, from its error message
+    (any torch >= 2.1 wording); None when the message is about damaged bytes instead."""
+    text = _ANSI.sub("", message)
+    for pattern in _REFUSED_PATTERNS:
+        if m := pattern.search(text):
+            return m.group(1).rstrip(".,;")
+    return None
+
+
+def _reason(exc: Exception) -> str:
+    """The unpickler's own complaint inside torch's long "Weights only load failed" text."""
+    text = _ANSI.sub("", str(exc)).split("Check the documentation of torch.load")[0]
+    text = text.rsplit("WeightsUnpickler error:", 1)[-1]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else type(exc).__name__
 
 
 def file_sha256(path: Path) -> str:
@@ -91,7 +131,8 @@ def file_sha256(path: Path) -> str:
 
 
 def _first_line(exc: Exception) -> str:
-    return re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()[0] if str(exc) else type(exc).__name__
+    text = _ANSI.sub("", str(exc)).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _zip_intact(path: Path) -> bool:
@@ -115,11 +156,56 @@ def unwrap_state_dict(obj: Any, name: str = "checkpoint") -> StateDict:
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not torch.is_tensor(v)]
     if bad:
         raise CheckpointError(f"{name} is not a state dict: non-tensor entries {bad[:5]}")
+    check_values(obj, name)
     if all(k.startswith("model.") for k in obj):
         inner = {k[len("model."):]: v for k, v in obj.items()}
         if all(k.startswith((BACKBONE_PREFIX, AGG_PREFIX)) for k in inner):
             return inner
     return dict(obj)
+
+
+_CHUNK = 1 << 24  # elements per isfinite pass: bounds the temporary mask at 16 MB per tensor
+
+
+def check_values(sd: Mapping[str, torch.Tensor], name: str = "checkpoint") -> None:
+    """Refuse tensors without usable values: NaN / inf in floating tensors (diverged training, a
+    broken conversion) would load and silently turn every descriptor into NaN, and tensors with
+    no data (meta device) or a sparse layout cannot be weights.
+
+    Checked tensor by tensor and in chunks, so memory-mapped multi-GB files are only paged
+    through; a tensor whose elements overlap (stride 0, e.g. ``expand``) is checked over the
+    storage span it reads, so a huge claimed shape costs no more than its stored bytes.
+    """
+    bad: list[str] = []
+    for key, t in sd.items():
+        if t.is_meta or t.layout != torch.strided:
+            bad.append(f"{key} (no dense data: {'meta' if t.is_meta else t.layout})")
+        elif t.is_floating_point() and t.numel() and not _all_finite(t):
+            bad.append(key)
+    if bad:
+        raise CheckpointError(
+            f"{name} has {len(bad)} tensor(s) with NaN/inf or without data (first: {bad[:5]}); the weights are "
+            "damaged (diverged training or a failed conversion): use another checkpoint"
+        )
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    span = 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride(), strict=True))
+    if t.numel() > span:  # overlapping elements (stride 0): read each stored element once
+        t = t.as_strided((span,), (1,))
+    if t.is_contiguous():
+        t = t.view(-1)
+    rows = max(1, _CHUNK // max(1, t.numel() // t.shape[0]))
+    for start in range(0, t.shape[0], rows):
+        part = t[start : start + rows]
+        if part.dtype not in _ISFINITE_DTYPES:  # e.g. float8: no isfinite kernel
+            part = part.float()
+        if not bool(torch.isfinite(part).all()):
+            return False
+    return True
+
+
+_ISFINITE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,7 +359,6 @@ def load_model(
     else:
         sd, sha = read_checkpoint(source)
     cfg = infer_config(sd, config)
-    sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}  # fp16/bf16 files run in fp32
     with torch.device("meta"):
         model = VPRModel(cfg, init_weights=False)
     load_strict(model, sd)
@@ -282,13 +367,21 @@ def load_model(
 
 
 def load_strict(model: torch.nn.Module, sd: StateDict) -> None:
-    """``load_state_dict(strict=True)`` with a message that lists the first offending keys."""
+    """``load_state_dict(strict=True)`` with a message that lists the first offending keys.
+
+    Dtypes are checked against the model's own tensors: an integer, bool or complex tensor where
+    the model has a floating one would otherwise fail with a raw error (or load and break at the
+    first image). Floating tensors of another precision (fp16/bf16 files) are converted to the
+    model's, after the checks, so a tensor that does not fit is never copied.
+    """
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     wrong = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
              for k in own if k in sd and sd[k].shape != own[k].shape]
-    if missing or unexpected or wrong:
+    dtypes = [f"{k}: checkpoint {_dtype_name(sd[k].dtype)} vs model {_dtype_name(own[k].dtype)}"
+              for k in own if k in sd and not _dtype_fits(sd[k].dtype, own[k].dtype)]
+    if missing or unexpected or wrong or dtypes:
         parts = []
         if missing:
             parts.append(f"{len(missing)} missing (first: {missing[:5]})")
@@ -296,11 +389,23 @@ def load_strict(model: torch.nn.Module, sd: StateDict) -> None:
             parts.append(f"{len(unexpected)} unexpected (first: {unexpected[:5]})")
         if wrong:
             parts.append(f"{len(wrong)} with wrong shapes (first: {wrong[:3]})")
+        if dtypes:
+            parts.append(f"{len(dtypes)} with wrong dtypes (first: {dtypes[:3]})")
         raise CheckpointError("checkpoint does not fit the model: " + "; ".join(parts))
+    sd = {k: v.to(own[k].dtype) if v.dtype != own[k].dtype else v for k, v in sd.items()}
     model.load_state_dict(sd, strict=True, assign=True)
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:  # a tensor the checkpoint format does not carry would stay unallocated
         raise RuntimeError(f"model tensors not set by the checkpoint: {left[:5]}")
+
+
+def _dtype_fits(got: torch.dtype, want: torch.dtype) -> bool:
+    """Any floating precision for a floating model tensor; otherwise exactly the model's dtype."""
+    return (got.is_floating_point and want.is_floating_point) or got == want
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def load_backbone_weights(model: VPRModel, source: str | os.PathLike | Mapping[str, Any]) -> VPRModel:

@@ -14,6 +14,8 @@ Run: ``python -m vpr_ros.ros.node --ros-args --params-file config/localize.yaml`
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -34,9 +36,10 @@ from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker, MarkerArray
 
 from vpr_ros.bags.poses import pose_from_msg
-from vpr_ros.errors import BadFrame, MapSaveError
+from vpr_ros.errors import MapSaveError, VprError
 from vpr_ros.extractor import DescriptorExtractor, load_extractor
 from vpr_ros.frame_slot import LatencyStats, LatestSlot
+from vpr_ros.health import HealthMonitor
 from vpr_ros.image_msgs import image_to_rgb, stamp_of
 from vpr_ros.loop_closure.matches import MatchPrior
 from vpr_ros.loop_closure.recognizer import Outcome, PlaceRecognizer
@@ -71,6 +74,7 @@ class LocalizeNode(Node):
         self.latency = LatencyStats()  # frame received -> outputs published
         self.model_time = LatencyStats()  # the model's share of it
         self.processed = self.rejected = self.save_failures = 0
+        self.health = HealthMonitor()
         self._lock = threading.Lock()  # guards the counters and the pose of the last frame
 
         latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -167,15 +171,21 @@ class LocalizeNode(Node):
         elif self.mode == "localize":
             response.success, response.message = False, "localize mode uses a read-only map"
         else:
-            try:
-                self.map.save(self.map_path)
-                response.success, response.message = True, f"saved {len(self.map)} places to {self.map_path}"
-            except MapSaveError as exc:  # disk full, permissions: keep running, every place stays in memory
-                with self._lock:
-                    self.save_failures += 1
-                self.get_logger().error(str(exc))
-                response.success, response.message = False, str(exc)
+            response.success, response.message = self._save()
         return response
+
+    def _save(self) -> tuple[bool, str]:
+        """Save the map; a failure (disk full, read-only) keeps every place in memory for the next try."""
+        try:
+            self.map.save(self.map_path)
+        except MapSaveError as exc:
+            with self._lock:
+                self.save_failures += 1
+            self.health.saved(str(exc))
+            self.get_logger().error(str(exc))
+            return False, str(exc)
+        self.health.saved(None)
+        return True, f"saved {len(self.map)} places to {self.map_path}"
 
     def _on_reset(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         """Forget the loop-closure consistency history and the keyframe timer (e.g. after the
@@ -191,14 +201,17 @@ class LocalizeNode(Node):
             msg, received, topic = item
             try:
                 self._process(msg, received, topic)
-            except BadFrame as exc:
-                with self._lock:
-                    self.rejected += 1
-                self.get_logger().warning(f"dropping a bad frame on {topic}: {exc}", throttle_duration_sec=5.0)
+            except VprError as exc:  # a bad frame, a non-finite descriptor: counted and dropped
+                self._reject()
+                self.get_logger().warning(f"dropping a frame on {topic}: {exc}", throttle_duration_sec=5.0)
             except Exception as exc:  # keep serving: one failure must not stop localisation
-                with self._lock:
-                    self.rejected += 1
+                self._reject()
                 self.get_logger().error(f"frame failed: {type(exc).__name__}: {exc}", throttle_duration_sec=5.0)
+
+    def _reject(self) -> None:
+        with self._lock:
+            self.rejected += 1
+        self.health.frame(rejected=True)
 
     def _process(self, msg: Image | CompressedImage, received: float, topic: str) -> None:
         stamp_ns = to_ns(stamp_of(msg))
@@ -207,6 +220,7 @@ class LocalizeNode(Node):
         outcome = self.recognizer.process(image_to_rgb(msg), stamp_ns, msg.header.frame_id, topic)
         self.model_time.add(outcome.model_seconds)
         self._publish(outcome, stamp_of(msg))
+        self.health.frame(rejected=False)
         with self._lock:
             self.processed += 1
         self.latency.add(time.monotonic() - received)
@@ -270,9 +284,11 @@ class LocalizeNode(Node):
         values = {**counts, "latency p50 ms": f"{1000 * self.latency.percentile(50):.1f}",
                   "latency p95 ms": f"{1000 * self.latency.percentile(95):.1f}",
                   "model p50 ms": f"{1000 * self.model_time.percentile(50):.1f}", "map places": len(self.map)}
+        health = self.health.status()
+        message = f"{self.mode}, {len(self.map)} places" + (f"; {health.message}" if health.message else "")
         status = DiagnosticStatus(
-            level=DiagnosticStatus.OK, name=f"{self.get_fully_qualified_name()}: pipeline",
-            message=f"{self.mode}, {len(self.map)} places", hardware_id=str(self.extractor.device),
+            level=bytes([health.level]), name=f"{self.get_fully_qualified_name()}: pipeline",
+            message=message, hardware_id=str(self.extractor.device),
             values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self.get_clock().now().to_msg()
@@ -280,35 +296,45 @@ class LocalizeNode(Node):
 
     # -- shutdown --------------------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Stop the worker and, in slam mode, save the map."""
+    def close(self) -> bool:
+        """Stop the worker and, in slam mode, save the map; False if the map could not be saved where
+        asked (it is then written to a rescue folder in the temporary directory, so no place is lost)."""
         self.slot.close()
         self._worker.join(timeout=30.0)
-        if self.mode == "slam" and self.map_path is not None:
-            try:
-                self.map.save(self.map_path)
-                self.get_logger().info(f"saved {len(self.map)} places to {self.map_path}")
-            except MapSaveError as exc:
-                self.get_logger().error(str(exc))
+        if self.mode != "slam" or self.map_path is None:
+            return True
+        saved, message = self._save()
+        if saved:
+            self.get_logger().info(message)
+            return True
+        rescue = Path(tempfile.gettempdir()) / f"vpr_ros_rescue_{os.getpid()}_{self.map_path.name}"
+        try:
+            self.map.save(rescue)
+            self.get_logger().error(f"the map could not be saved to {self.map_path}; its {len(self.map)} places "
+                                    f"were saved to {rescue} instead")
+        except MapSaveError as exc:
+            self.get_logger().fatal(f"the map could not be saved anywhere; {len(self.map)} places lost: {exc}")
+        return False
 
 
 def main(args: list[str] | None = None) -> int:
     rclpy.init(args=args)
     try:
         node = LocalizeNode()
-    except (StartupError, FileNotFoundError, ValueError, OSError) as exc:
+    except (StartupError, VprError, FileNotFoundError, ValueError, OSError) as exc:
         rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
         rclpy.try_shutdown()
         return 1
+    saved = False
     try:
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        node.close()
+        saved = node.close()
         node.destroy_node()
         rclpy.try_shutdown()
-    return 0
+    return 0 if saved else 1
 
 
 if __name__ == "__main__":

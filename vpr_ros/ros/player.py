@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import re
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,6 +28,9 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
 from vpr_ros.bags.reader import open_bag, typestore
+from vpr_ros.errors import BagError, VprError
+
+LOG = logging.getLogger(__name__)
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -46,10 +52,31 @@ class PlayStats:
     late_s: float  # worst lag behind the schedule (a sign the machine could not keep up)
 
 
+# The message packages this project depends on (package.xml). A bag names its own types, so only
+# these may be imported: a crafted type name must not choose which Python module gets imported.
+MESSAGE_PACKAGES = frozenset({"builtin_interfaces", "std_msgs", "sensor_msgs", "geometry_msgs", "nav_msgs",
+                              "visualization_msgs", "diagnostic_msgs"})
+_MSGTYPE = re.compile(r"([a-z][a-z0-9_]*)/msg/([A-Z][A-Za-z0-9]*)")
+
+
 def message_class(msgtype: str) -> type:
-    """The rclpy class of a ``pkg/msg/Name`` type."""
-    package, _, name = msgtype.split("/")
-    return getattr(importlib.import_module(f"{package}.msg"), name)
+    """The rclpy class of a ``pkg/msg/Name`` type from one of :data:`MESSAGE_PACKAGES`."""
+    match = _MSGTYPE.fullmatch(msgtype)
+    if match is None or match[1] not in MESSAGE_PACKAGES:
+        raise BagError(f"message type {msgtype!r} is not one the player publishes (packages: "
+                       f"{', '.join(sorted(MESSAGE_PACKAGES))})")
+    cls = getattr(importlib.import_module(f"{match[1]}.msg"), match[2], None)
+    if not isinstance(cls, type):
+        raise BagError(f"message type {msgtype!r} does not exist in {match[1]}")
+    return cls
+
+
+def playable(msgtype: str) -> bool:
+    try:
+        message_class(msgtype)
+    except BagError:
+        return False
+    return True
 
 
 def load_bag(path: str | Path, topics: Sequence[str] | None = None) -> tuple[list[Recorded], dict[str, str]]:
@@ -60,7 +87,13 @@ def load_bag(path: str | Path, topics: Sequence[str] | None = None) -> tuple[lis
     try:
         conns = [c for c in reader.connections if topics is None or c.topic in topics]
         if topics is not None and (missing := set(topics) - {c.topic for c in conns}):
-            raise ValueError(f"{path} has no topic {', '.join(sorted(missing))}")
+            raise BagError(f"{path} has no topic {', '.join(sorted(missing))}")
+        skipped = sorted({f"{c.topic} [{c.msgtype}]" for c in conns if not playable(c.msgtype)})
+        if skipped and topics is not None:
+            raise BagError(f"{path}: cannot publish {', '.join(skipped)}")
+        if skipped:
+            LOG.warning("%s: not publishing %s (not a message package this player knows)", path, ", ".join(skipped))
+        conns = [c for c in conns if playable(c.msgtype)]
         types = {c.topic: c.msgtype for c in conns}
         out = []
         for conn, t, raw in reader.messages(connections=conns):
@@ -127,7 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--topics", nargs="*", help="topics to play (default: all)")
     parser.add_argument("--no-wait", action="store_true", help="start without waiting for subscribers")
     args = parser.parse_args(argv)
-    messages, types = load_bag(args.bag, args.topics)
+    try:
+        messages, types = load_bag(args.bag, args.topics)
+    except VprError as exc:  # a missing or damaged bag, an unknown topic: one line, exit 2
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     rclpy.init()
     node = rclpy.create_node("vpr_bag_player")
     executor = SingleThreadedExecutor()
