@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import subprocess
 import sys
@@ -10,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vpr_ros.errors import ModelOutputError
 from vpr_ros.evaluation.datasets import EvalDataset
 from vpr_ros.evaluation.recall import (
     K_EVAL,
@@ -251,3 +254,103 @@ def test_cli_missing_files_exit_2(tmp_path):
     assert "'pitts30k_test'" in proc.stderr and "'sped'" in proc.stderr and "expected layout" in proc.stderr
     assert str(tmp_path / "data") in proc.stderr and proc.stdout == ""
     assert not (tmp_path / "o").exists()
+
+
+# -- impossible ground truth and non-finite descriptors -----------------------------------------------
+
+
+def test_padding_never_counts_as_a_hit():
+    """faiss pads with -1 past the database size; -1 in the ground truth used to match it (R@25 = 100 %)."""
+    predictions = np.array([[0, 1, -1, -1], [1, 0, -1, -1]])
+    assert recalls_from_predictions(predictions, [np.array([-1]), np.array([-1, 5])], (1, 4)) == {1: 0.0, 4: 0.0}
+    db = np.eye(2, dtype=np.float32)
+    assert recall_at_k(db, db, [np.array([-1]), np.array([-1])], (1, 25)) == {1: 0.0, 25: 0.0}
+    short = [np.array([3]), np.array([], np.int64)]  # fewer results than K: missing, never a hit
+    assert recalls_from_predictions([np.array([3]), np.array([], np.int64)], short, (1, 5)) == {1: 0.5, 5: 0.5}
+
+
+def _sped_with_gt(root: Path, gt: np.ndarray, n: int = 4) -> None:
+    from vpr_ros.synth import eval_data
+
+    eval_data.generate_dataset("sped", root, seed=0, n_places=n)
+    np.save(root / "SPED" / "SPED_gt.npy", gt, allow_pickle=gt.dtype == object)
+
+
+@pytest.mark.parametrize(
+    ("gt", "words"),
+    [
+        (np.full((4, 1), -1), "negative reference indices"),
+        (np.array([[0], [1], [2], [4]]), "past the end"),
+        (np.array([[0], [1], [2]]), "3 ground-truth rows for 4 queries"),
+    ],
+    ids=["all_minus_1", "beyond_db", "row_count"],
+)
+def test_impossible_ground_truth_is_refused(tmp_path, gt, words):
+    from vpr_ros.errors import DatasetError
+    from vpr_ros.evaluation.datasets import load_dataset
+
+    _sped_with_gt(tmp_path, gt)
+    with pytest.raises(DatasetError, match=words) as err:
+        load_dataset("sped", tmp_path)
+    assert "SPED_gt.npy" in str(err.value) and "'sped'" in str(err.value)
+
+
+def test_dataset_without_queries_is_refused(tmp_path):
+    from vpr_ros.errors import DatasetError
+    from vpr_ros.evaluation.datasets import load_dataset
+
+    _sped_with_gt(tmp_path, np.zeros((0, 1), np.int64))
+    np.save(tmp_path / "SPED" / "SPED_qImages.npy", np.array([], dtype=str))
+    with pytest.raises(DatasetError, match="no query images"):
+        load_dataset("sped", tmp_path)
+
+
+def test_cli_eval_impossible_ground_truth_exits_2(tmp_path):
+    _sped_with_gt(tmp_path / "data", np.full((4, 1), -1))
+    proc = _cli("--checkpoint", str(GOLDEN / "tiny_salad_state_dict.pt"), "--config", str(GOLDEN / "config.json"),
+                "--datasets", "sped", "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "o"), cwd=REPO)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "SPED_gt.npy" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_non_finite_descriptors_are_neither_cached_nor_evaluated(extractor, tmp_path):
+    names = [p.name for p in SCENES[:4]]
+    cache = DescriptorCache(tmp_path, "scenes", "db", extractor_identity(extractor), names, chunk_size=4)
+    inner = extractor.forward
+
+    def nan_for_third(batch, patch_tokens=False):
+        desc, fmap = inner(batch, patch_tokens)
+        if nan_for_third.calls == 1:
+            desc = desc.clone()
+            desc[0, 3] = float("nan")  # image 2 = first of the second batch
+        nan_for_third.calls += 1
+        return desc, fmap
+
+    nan_for_third.calls = 0
+    extractor.forward = nan_for_third
+    with pytest.raises(ModelOutputError, match="non-finite") as err:
+        describe_cached(extractor, SCENES[:4], cache)
+    assert SCENES[2].name in str(err.value) and SCENES[0].name not in str(err.value)
+    assert not list(cache.dir.glob("chunk_*.npy")) and cache.chunks == {}
+    with pytest.raises(ModelOutputError):
+        cache.save_chunk(0, np.full((4, cache.dim), np.inf, np.float32))
+
+
+def test_cached_non_finite_chunk_is_computed_again(extractor, tmp_path):
+    names = [p.name for p in SCENES[:4]]
+    ident = extractor_identity(extractor)
+    cache = DescriptorCache(tmp_path, "scenes", "db", ident, names, chunk_size=4)
+    good = describe_cached(extractor, SCENES[:4], cache)
+    path = cache.dir / "chunk_000000.npy"  # as an older version could have written it
+    poisoned = good.copy()
+    poisoned[1, 0] = np.nan
+    buf = io.BytesIO()
+    np.save(buf, poisoned)
+    path.write_bytes(buf.getvalue())
+    index = json.loads((cache.dir / "index.json").read_text())
+    index["chunks"]["0"] = hashlib.sha256(buf.getvalue()).hexdigest()
+    (cache.dir / "index.json").write_text(json.dumps(index))
+    again = DescriptorCache(tmp_path, "scenes", "db", ident, names, chunk_size=4)
+    assert again.load_chunk(0) is None
+    np.testing.assert_array_equal(describe_cached(extractor, SCENES[:4], again), good)

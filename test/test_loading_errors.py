@@ -408,3 +408,123 @@ def test_width_without_64_d_heads_needs_num_heads_in_config() -> None:
         torch.testing.assert_close(loaded(images), model(images), atol=0, rtol=0)
     with pytest.raises(CheckpointError, match="num_heads"):
         load_model(sd, config={"backbone": {"num_heads": 5}})  # 96 is not a multiple of 5
+
+
+# ---------------------------------------------------------------------------------------------
+# Values and dtypes that load but cannot work; every torch wording of a refused pickle
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("in_memory", [False, True], ids=["file", "memory"])
+def test_non_finite_weights_are_refused(
+    tmp_path: Path, tiny_salad_state_dict: StateDict, bad: float, in_memory: bool
+) -> None:
+    """NaN / inf weights used to load and make every descriptor NaN."""
+    keys = ["backbone.model.blocks.0.attn.qkv.weight", "aggregator.dust_bin"]
+    for key in keys:
+        t = tiny_salad_state_dict[key].clone()
+        t.view(-1)[-1] = bad
+        tiny_salad_state_dict[key] = t
+    source: Any = tiny_salad_state_dict
+    if not in_memory:
+        source = tmp_path / "nan.ckpt"
+        torch.save(tiny_salad_state_dict, source)
+    with pytest.raises(CheckpointError, match="NaN or inf in 2 tensor") as info:
+        load_model(source)
+    assert all(k in str(info.value) for k in keys)
+    assert ("(NaN)" if bad != bad else "(inf)") in str(info.value)
+
+
+def test_non_finite_check_reads_stride_0_tensors_once() -> None:
+    """A tiny stored tensor may claim a huge shape through stride 0; checking it must stay cheap."""
+    from vpr_ros.models.loading import check_values
+
+    check_values({"w": torch.zeros(1).expand(10**12)})
+    with pytest.raises(CheckpointError, match=r"w \(NaN\)"):
+        check_values({"w": torch.full((1,), float("nan")).expand(10**12)})
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.uint8, torch.bool, torch.complex64])
+@pytest.mark.parametrize("in_memory", [False, True], ids=["file", "memory"])
+def test_non_floating_weights_are_refused(
+    tmp_path: Path, tiny_salad_state_dict: StateDict, dtype: torch.dtype, in_memory: bool
+) -> None:
+    """Integer weights gave a raw RuntimeError, complex ones loaded and failed at the first image."""
+    key = "backbone.model.blocks.1.mlp.fc1.weight"
+    tiny_salad_state_dict[key] = tiny_salad_state_dict[key].to(dtype)
+    source: Any = tiny_salad_state_dict
+    if not in_memory:
+        source = tmp_path / "dtype.ckpt"
+        torch.save(tiny_salad_state_dict, source)
+    with pytest.raises(CheckpointError, match="wrong dtypes") as info:
+        load_model(source)
+    assert f"{key}: checkpoint {str(dtype).removeprefix('torch.')} vs model float32" in str(info.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_other_float_precisions_still_load_as_fp32(
+    tmp_path: Path, tiny_salad_state_dict: StateDict, tiny_salad_config: dict, dtype: torch.dtype
+) -> None:
+    path = tmp_path / "half.ckpt"
+    torch.save({k: v.to(dtype) for k, v in tiny_salad_state_dict.items()}, path)
+    model = load_model(path, config=tiny_salad_config)
+    assert {t.dtype for t in model.state_dict().values()} == {torch.float32}
+
+
+class _System:
+    """Pickles into ``os.system(command)`` (a blocked module in torch >= 2.5)."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        import os
+
+        return os.system, (self.command,)
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_pickled_os_system_is_refused_for_safety(tmp_path: Path, tiny_salad_path: Path, zip_format: bool) -> None:
+    """torch 2.14 words this refusal "unsupported GLOBAL ... whose module ... is blocked"; it was
+    reported as a truncated file."""
+    marker = tmp_path / "ran.txt"
+    path = tmp_path / "system.ckpt"
+    sd = torch.load(tiny_salad_path, weights_only=True)
+    payload = {"state_dict": sd, "hook": _System(f"touch '{marker}'")}
+    torch.save(payload, path, _use_new_zipfile_serialization=zip_format)
+    with pytest.raises(CheckpointError, match="holds Python objects") as info:
+        load_model(path)
+    assert "refused for safety" in str(info.value) and "system" in str(info.value)
+    assert not CORRUPT.search(str(info.value))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("message", "name"),
+    [
+        # torch 2.1 - 2.3
+        ("Weights only load failed. Re-running `torch.load` with `weights_only` set to `False` will likely succeed, "
+         "but it can result in arbitrary code execution.Do it only if you get the file from a trusted source. "
+         "WeightsUnpickler error: Unsupported class posix.system", "posix.system"),
+        # torch 2.4 - 2.14, custom class / function
+        ("Weights only load failed. This file can still be loaded, to do so you have two options, \x1b[1mdo those "
+         "steps only if you trust the source of the checkpoint\x1b[0m. \n\tWeightsUnpickler error: Unsupported "
+         "global: GLOBAL __main__.Evil was not an allowed global by default. Please use "
+         "`torch.serialization.add_safe_globals([__main__.Evil])`", "__main__.Evil"),
+        # torch 2.5 - 2.14, blocked module
+        ("Weights only load failed. In PyTorch 2.6, we changed the default value of the `weights_only` argument\n\n\n"
+         "Trying to load unsupported GLOBAL posix.system whose module posix is blocked.\n\nCheck the documentation",
+         "posix.system"),
+        ("Unsupported global: GLOBAL eval was not an allowed global by default.", "eval"),
+        # damaged bytes, not a saved object
+        ("Weights only load failed. ...WeightsUnpickler error: \n\nUnsupported operand 63\n\nCheck the documentation",
+         None),
+        ("Weights only load failed. ... WeightsUnpickler error: Can only build Tensor, Parameter, OrderedDict or "
+         "types allowlisted via `add_safe_globals`, but got <class 'int'>", None),
+    ],
+    ids=["torch2.1", "torch2.4", "torch2.5-blocked", "builtin", "operand", "build"],
+)
+def test_refused_global_is_recognised_in_every_torch_wording(message: str, name: str | None) -> None:
+    from vpr_ros.models.loading import _refused_global
+
+    assert _refused_global(message) == name

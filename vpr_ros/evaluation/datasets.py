@@ -45,6 +45,10 @@ Where the names come from:
 
 Object ``.npy`` files (ragged ground truth) are pickles; they are read with a restricted
 unpickler that only rebuilds numpy arrays, so a crafted file cannot run code.
+
+Every loaded set is checked (:func:`check_contents`): references and queries exist, and each
+positive is a database row, so ``-1`` padding or another database's indices cannot produce a
+plausible recall table. Any problem is a :class:`DatasetError` naming the file.
 """
 
 from __future__ import annotations
@@ -243,7 +247,7 @@ def _str_list(arr: np.ndarray, source: Path | str) -> list[str]:
     flat = np.asarray(arr).reshape(-1)
     if flat.dtype.kind not in "USO" or (flat.dtype.kind == "O" and not all(isinstance(x, str) for x in flat)):
         raise DatasetError(f"{source} holds {flat.dtype} values, not image paths (strings)")
-    return [str(x) for x in flat]
+    return [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in flat]
 
 
 def _positives_list(gt: np.ndarray | Sequence, source: Path | str) -> list[np.ndarray]:

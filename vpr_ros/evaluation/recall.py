@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vpr_ros.errors import InputError
+from vpr_ros.errors import InputError, ModelOutputError
 from vpr_ros.preprocess import load_image, preprocess_exact
 
 if TYPE_CHECKING:
@@ -221,7 +221,7 @@ class DescriptorCache:
         bad = np.flatnonzero(~np.isfinite(descriptors).all(axis=1))
         if bad.size:  # a cached NaN would poison every later run of this model on these images
             rows = [self.chunk_range(i)[j] for j in bad[:5]]
-            raise InputError(f"refusing to cache non-finite descriptors of images {rows} (chunk {i})")
+            raise ModelOutputError(f"refusing to cache non-finite descriptors of images {rows} (chunk {i})")
         self.dir.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
         np.save(buf, descriptors)
@@ -245,8 +245,8 @@ def _check_finite(descriptors: np.ndarray, paths: Sequence[Path], precision: str
     if bad.size:
         names = ", ".join(str(paths[j]) for j in bad[:5]) + (f" and {bad.size - 5} more" if bad.size > 5 else "")
         hint = f"; try --precision fp32 (now {precision})" if precision != "fp32" else ""
-        raise InputError(f"the model gave non-finite (NaN/inf) descriptors for {bad.size} image(s): {names}; "
-                         f"nothing was cached for them{hint}")
+        raise ModelOutputError(f"the model gave non-finite (NaN/inf) descriptors for {bad.size} image(s): "
+                               f"{names}; nothing was cached for them{hint}")
 
 
 def describe_cached(extractor: DescriptorExtractor, paths: Sequence[Path], cache: DescriptorCache,

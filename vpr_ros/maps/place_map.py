@@ -434,7 +434,14 @@ class PlaceMap:
 
     def _read_places(self, file: Path) -> None:
         try:
-            con = sqlite3.connect(f"file:{file}?mode=ro", uri=True)
+            damage = _sqlite_size_error(file)
+        except OSError as exc:
+            raise MapError(f"{file} cannot be read: {exc.strerror or exc}") from exc
+        if damage:
+            raise CorruptMapError(f"{file} is not a whole places database ({damage}); restore the map or rebuild it")
+        try:
+            # immutable: read exactly the bytes the checksum covered, never a leftover journal, and create no files
+            con = sqlite3.connect(f"{file.absolute().as_uri()}?mode=ro&immutable=1", uri=True)
             try:
                 rows = con.execute(f"SELECT {_PLACE_COLUMNS} FROM places ORDER BY id").fetchall()
                 features = con.execute("SELECT id, data FROM local_features ORDER BY id").fetchall()
@@ -462,6 +469,20 @@ class PlaceMap:
                 raise CorruptMapError(f"{file}: local features stored for {pid!r}, which is no place of the map "
                                       f"(or not a blob); restore the map or rebuild it")
         self.local_features = {pid: bytes(blob) for pid, blob in features}
+
+
+def _sqlite_size_error(file: Path) -> str:
+    """Why a database file cannot be whole ("" when it can): sqlite reads a cut-off last page as zeros without
+    complaint, but its header records the page size and count."""
+    with open(file, "rb") as f:
+        header = f.read(100)
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\x00"):
+        return "no SQLite 3 header"
+    page = int.from_bytes(header[16:18], "big")
+    page, pages, size = 65536 if page == 1 else page, int.from_bytes(header[28:32], "big"), file.stat().st_size
+    if header[24:28] == header[92:96] and pages and size != page * pages:  # the page count is valid (sqlite >= 3.7)
+        return f"{size:,} bytes where its header says {pages} pages of {page:,}"
+    return ""
 
 
 _PLACE_COLUMNS = "id, sec, nanosec, frame_id, px, py, pz, qx, qy, qz, qw, pose_frame, source, removed, hidden"
@@ -613,8 +634,10 @@ def _manifest_model(m: _Fields, dim: int) -> ModelIdentity | None:
         raise m.error("model", f"has arch {arch!r}, expected a name")
     if not isinstance(size, list) or len(size) != 2 or not all(type(v) is int and v > 0 for v in size):
         raise m.error("model", f"has image_size {size!r}, expected [H, W]")
-    if type(out_dim) is not int or out_dim != dim:
-        raise m.error("model", f"has descriptor_dim {out_dim!r}, but the map holds {dim}-d descriptors")
+    if type(out_dim) is not int:
+        raise m.error("model", f"has descriptor_dim {out_dim!r}, expected an integer")
+    if out_dim != dim:
+        raise m.error("model", f"has descriptor_dim {out_dim}, but the map holds {dim}-d descriptors")
     if sha is not None and not isinstance(sha, str):
         raise m.error("model", f"has checkpoint_sha256 {sha!r}, expected text or null")
     return ModelIdentity(arch, (size[0], size[1]), out_dim, sha)
@@ -656,15 +679,15 @@ def _check_index(pm: PlaceMap, info: MapInfo) -> None:
         raise CorruptMapError(f"{path / INDEX_FILE} holds {index.d}-d vectors, but {MANIFEST} field 'dim' says "
                               f"{pm.dim}; the map is inconsistent, rebuild it")
     expected = len(pm) + len(pm.tombstones)
-    if index.ntotal != expected or len(pm) != info.count or index.ntotal != info.index_ntotal:
-        raise CorruptMapError(
-            f"{path / INDEX_FILE} holds {index.ntotal} vectors but {PLACES_FILE} lists {expected} places "
-            f"({MANIFEST} fields 'count' {info.count}, 'index_ntotal' {info.index_ntotal}); the map is "
-            "inconsistent, rebuild it"
-        )
-    if pm.cols.n != info.next_id:
-        raise CorruptMapError(f"{path / PLACES_FILE} has {pm.cols.n} place ids, but {MANIFEST} field 'next_id' is "
-                              f"{info.next_id}; the map is inconsistent, rebuild it")
+    if index.ntotal != expected:
+        hidden = f" ({len(pm.tombstones)} of them removed but kept hidden)" if pm.tombstones else ""
+        raise CorruptMapError(f"{path / INDEX_FILE} holds {index.ntotal} vectors but {PLACES_FILE} lists {expected} "
+                              f"places{hidden}; the map is inconsistent, rebuild it")
+    for field, stored, listed in (("count", info.count, len(pm)), ("index_ntotal", info.index_ntotal, expected),
+                                  ("next_id", info.next_id, pm.cols.n)):
+        if stored != listed:
+            raise CorruptMapError(f"{path / MANIFEST} field {field!r} is {stored}, but {PLACES_FILE} and "
+                                  f"{INDEX_FILE} hold {listed}; the map is inconsistent, rebuild it")
     stored = np.sort(faiss.vector_to_array(index.id_map))
     listed = np.union1d(pm.ids(), np.fromiter(pm.tombstones, np.int64, len(pm.tombstones)))
     if not np.array_equal(stored, listed):

@@ -17,7 +17,7 @@ import pickle
 import re
 import struct
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[StateDict, str]:
 
     Zip-format files (everything torch.save writes since 1.6) are CRC-checked first, so a
     truncated or damaged download is refused instead of yielding wrong weights, and are then
-    memory-mapped rather than copied into memory.
+    memory-mapped rather than copied into memory. Tensors holding NaN / inf are refused
+    (:func:`check_values`).
     """
     path = Path(path)
     if not path.is_file():
@@ -173,36 +174,47 @@ def check_values(sd: Mapping[str, torch.Tensor], name: str = "checkpoint") -> No
     no data (meta device) or a sparse layout cannot be weights.
 
     Checked tensor by tensor and in chunks, so memory-mapped multi-GB files are only paged
-    through; a tensor whose elements overlap (stride 0, e.g. ``expand``) is checked over the
-    storage span it reads, so a huge claimed shape costs no more than its stored bytes.
+    through, never copied.
     """
-    bad: list[str] = []
-    for key, t in sd.items():
-        if t.is_meta or t.layout != torch.strided:
-            bad.append(f"{key} (no dense data: {'meta' if t.is_meta else t.layout})")
-        elif t.is_floating_point() and t.numel() and not _all_finite(t):
-            bad.append(key)
+    no_data = [f"{k} ({'meta' if t.is_meta else t.layout})" for k, t in sd.items()
+               if t.is_meta or t.layout != torch.strided]
+    if no_data:
+        raise CheckpointError(f"{name} has {len(no_data)} tensor(s) without dense data (first: {no_data[:5]}); "
+                              "save the materialised dense weights")
+    bad = [k for k, t in sd.items() if t.is_floating_point() and t.numel() and not _all_finite(t)]
     if bad:
+        first = [f"{k} ({'NaN' if _has_nan(sd[k]) else 'inf'})" for k in bad[:5]]
         raise CheckpointError(
-            f"{name} has {len(bad)} tensor(s) with NaN/inf or without data (first: {bad[:5]}); the weights are "
-            "damaged (diverged training or a failed conversion): use another checkpoint"
+            f"{name} holds NaN or inf in {len(bad)} tensor(s) (first: {first}): the weights are damaged "
+            "(diverged training or a failed conversion) and would make every descriptor NaN; use another checkpoint"
         )
 
 
 def _all_finite(t: torch.Tensor) -> bool:
+    # A finite sum proves every element finite (NaN and inf propagate through addition) and costs
+    # no temporary; only a non-finite sum (or a mere overflow) needs the element-wise test.
+    return all(bool(torch.isfinite(p.sum())) or bool(torch.isfinite(p).all()) for p in _parts(t))
+
+
+def _has_nan(t: torch.Tensor) -> bool:
+    return any(bool(torch.isnan(p).any()) for p in _parts(t))
+
+
+def _parts(t: torch.Tensor) -> Iterator[torch.Tensor]:
+    """A dense floating tensor in chunks of at most about ``_CHUNK`` elements, as views.
+
+    Overlapping elements (stride 0, e.g. ``expand``) are read once, over the storage span the
+    tensor covers, so a huge claimed shape costs no more than its stored bytes.
+    """
     span = 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride(), strict=True))
-    if t.numel() > span:  # overlapping elements (stride 0): read each stored element once
+    if t.numel() > span:
         t = t.as_strided((span,), (1,))
     if t.is_contiguous():
         t = t.view(-1)
     rows = max(1, _CHUNK // max(1, t.numel() // t.shape[0]))
     for start in range(0, t.shape[0], rows):
         part = t[start : start + rows]
-        if part.dtype not in _ISFINITE_DTYPES:  # e.g. float8: no isfinite kernel
-            part = part.float()
-        if not bool(torch.isfinite(part).all()):
-            return False
-    return True
+        yield part if part.dtype in _ISFINITE_DTYPES else part.float()  # e.g. float8: no isfinite kernel
 
 
 _ISFINITE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -352,16 +364,25 @@ def load_model(
 
     Raises:
         FileNotFoundError: missing file. CheckpointError (a ValueError): not a checkpoint,
-        truncated, foreign architecture, shapes that disagree with ``config``.
+        truncated, Python objects besides tensors, NaN / inf values, foreign architecture,
+        shapes or dtypes that do not fit, options in ``config`` that contradict the shapes.
     """
     if isinstance(source, Mapping):
         sd, sha = unwrap_state_dict(source, "state dict"), None
     else:
         sd, sha = read_checkpoint(source)
-    cfg = infer_config(sd, config)
-    with torch.device("meta"):
-        model = VPRModel(cfg, init_weights=False)
-    load_strict(model, sd)
+    try:
+        cfg = infer_config(sd, config)
+        try:
+            with torch.device("meta"):
+                model = VPRModel(cfg, init_weights=False)
+        except (ValueError, TypeError) as exc:  # options from the config (or shapes) no model can take
+            raise CheckpointError(f"no model can be built from these shapes and options: {exc}") from exc
+        load_strict(model, sd)
+    except CheckpointError as exc:
+        if sha is None or str(source) in str(exc):
+            raise
+        raise CheckpointError(f"{source}: {exc}") from exc  # the CLI shows one line: say which file
     model.checkpoint_sha256 = sha
     return model.to(device or "cpu").eval()
 
