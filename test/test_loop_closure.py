@@ -206,3 +206,14 @@ def test_no_time_window_when_localising_in_another_runs_map(route) -> None:
     det = LoopClosureDetector(pm, LoopClosureConfig(threshold=0.5, exclude_seconds=None, exclude_last=0,
                                                     consistency_k=1))
     assert det.process(noisy(rng, places[3], 0.2), 10.0).accepted.id == 3
+
+
+def test_calibration_warns_when_the_map_cannot_support_the_estimate():
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=DIM).astype(np.float32)
+    alike = base + 1e-4 * rng.normal(size=(40, DIM)).astype(np.float32)  # one view, 40 times
+    pm = PlaceMap.create(DIM)
+    pm.add(alike / np.linalg.norm(alike, axis=1, keepdims=True), [100.0 * i for i in range(40)])
+    cal = calibrate(pm, target_fpr=0.01, min_separation_s=60)
+    assert any("too few" in w for w in cal.warnings) and any("all score alike" in w for w in cal.warnings)
+    assert cal.to_json()["warnings"] == list(cal.warnings) and cal.places == 40

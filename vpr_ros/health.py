@@ -8,6 +8,7 @@ the last ``window`` frames and the last save, and turns them into a diagnostic l
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -24,14 +25,24 @@ class HealthMonitor:
     """Rolling frame outcomes and the last save result -> OK / WARN / ERROR.
 
     ERROR: the last map save failed (until one succeeds), or every one of at least ``min_frames``
-    recent frames was rejected. WARN: more than ``warn_fraction`` of the recent frames were rejected.
+    recent frames was rejected. WARN: more than ``warn_fraction`` of the recent frames were rejected,
+    or no frame arrived for ``frame_timeout`` seconds (the message names ``sources``, e.g. the topics).
     """
 
-    def __init__(self, window: int = 50, warn_fraction: float = 0.2, min_frames: int = 5) -> None:
+    def __init__(self, window: int = 50, warn_fraction: float = 0.2, min_frames: int = 5,
+                 frame_timeout: float = 5.0, sources: str = "the camera") -> None:
         self._outcomes: deque[bool] = deque(maxlen=window)  # True: rejected
         self.warn_fraction, self.min_frames = warn_fraction, min_frames
+        self.frame_timeout, self.sources = frame_timeout, sources
         self.save_error: str | None = None
+        self._last_frame: float | None = None
+        self._started = time.monotonic()
         self._lock = threading.Lock()
+
+    def received(self) -> None:
+        """A frame arrived (whatever becomes of it)."""
+        with self._lock:
+            self._last_frame = time.monotonic()
 
     def frame(self, rejected: bool) -> None:
         with self._lock:
@@ -52,4 +63,9 @@ class HealthMonitor:
             return Health(ERROR, f"all of the last {len(outcomes)} frames rejected")
         if outcomes and bad / len(outcomes) > self.warn_fraction:
             return Health(WARN, f"{bad} of the last {len(outcomes)} frames rejected")
+        with self._lock:
+            silent = time.monotonic() - (self._last_frame or self._started)
+        if silent > self.frame_timeout:
+            never = self._last_frame is None
+            return Health(WARN, f"{'no frame yet' if never else 'no frame'} for {silent:.0f} s on {self.sources}")
         return Health(OK, "")

@@ -72,6 +72,9 @@ def cmd_map_info(args: argparse.Namespace) -> int:
     else:
         print(f"model        {model.arch}, input {model.image_size[0]}x{model.image_size[1]}, "
               f"checkpoint sha256 {model.checkpoint_sha256 or 'unknown'}")
+    if pm.calibration is not None:
+        cal = pm.calibration
+        print(f"threshold    {cal['threshold']:.4f} (calibrated for a false-positive rate of {cal['target_fpr']:g})")
     if pm.enu_origin is not None:
         print("enu origin   lat {:.9f}, lon {:.9f}, alt {:.3f}".format(*pm.enu_origin))
     if len(ids) == 0:
@@ -91,6 +94,28 @@ def cmd_map_info(args: argparse.Namespace) -> int:
         print("extent       " + "  ".join(f"{a} [{lo[i]:.2f}, {hi[i]:.2f}]" for i, a in enumerate("xyz")))
     for source, n in Counter(pm.place(int(i)).source for i in ids).most_common():
         print(f"source       {source or '(none)'}: {n} places")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Loop-closure threshold for a target false-positive rate from the map alone, stored in the map."""
+    from vpr_ros.loop_closure.calibration import calibrate
+    from vpr_ros.maps.place_map import PlaceMap
+
+    pm = PlaceMap.load(args.map)
+    cal = calibrate(pm, args.target_fpr, min_separation_s=args.min_separation, min_distance_m=args.min_distance)
+    q = cal.quantiles
+    print(f"threshold    {cal.threshold:.4f} for a false-positive rate of {cal.target_fpr:g}")
+    print(f"from         {cal.negatives} non-revisit queries of {cal.places} places (>= {cal.min_separation_s:g} s "
+          f"and >= {cal.min_distance_m:g} m apart); best non-revisit score p50 {q['p50']:.4f}, p90 {q['p90']:.4f}, "
+          f"p99 {q['p99']:.4f}, max {q['max']:.4f}")
+    for warning in cal.warnings:
+        LOG.warning("%s", warning)
+    if args.dry_run:
+        return 0
+    pm.calibration = cal.to_json()
+    pm.save(args.map)
+    print(f"stored in    {args.map} (the node uses it when its threshold parameter is not set)")
     return 0
 
 
@@ -156,6 +181,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("map-info", help="what a place map holds: model, counts, time span, pose extent")
     p.add_argument("map", type=Path)
     p.set_defaults(func=cmd_map_info)
+    p = sub.add_parser("calibrate", help="loop-closure threshold for a target false-positive rate, stored in the map")
+    p.add_argument("map", type=Path)
+    p.add_argument("--target-fpr", type=float, default=0.01, metavar="RATE",
+                   help="share of non-revisit queries allowed a candidate above the threshold (default 0.01)")
+    p.add_argument("--min-separation", type=float, default=60.0, metavar="S",
+                   help="places at least this many seconds apart are non-revisits (default 60)")
+    p.add_argument("--min-distance", type=float, default=30.0, metavar="M",
+                   help="... and, when both have poses, at least this many metres apart (default 30)")
+    p.add_argument("--dry-run", action="store_true", help="print the threshold without storing it")
+    p.set_defaults(func=cmd_calibrate)
     p = sub.add_parser("query", help="top-k places of a place map for query images")
     p.add_argument("map", type=Path)
     p.add_argument("images", nargs="+", type=Path)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from vpr_ros.errors import InputError
 from vpr_ros.maps.place_map import PlaceMap
+
+UNIFORM_SPREAD = 0.01  # p99 - p50 of the best non-revisit scores below this: the places are indistinguishable
 
 
 @dataclass(frozen=True)
@@ -18,6 +21,16 @@ class Calibration:
     target_fpr: float
     negatives: int  # queries whose best non-revisit score was measured
     quantiles: dict[str, float]  # of the best non-revisit score: p50, p90, p99, max
+    places: int = 0  # in the map when it was calibrated
+    min_separation_s: float = 60.0
+    min_distance_m: float = 30.0
+    warnings: tuple[str, ...] = ()  # why the estimate may not mean much (too few places, too uniform)
+
+    def to_json(self) -> dict:
+        """What a map stores about its calibration (``PlaceMap.calibration``)."""
+        return {"threshold": self.threshold, "target_fpr": self.target_fpr, "negatives": self.negatives,
+                "quantiles": self.quantiles, "places": self.places, "min_separation_s": self.min_separation_s,
+                "min_distance_m": self.min_distance_m, "warnings": list(self.warnings)}
 
 
 def calibrate(
@@ -67,4 +80,12 @@ def calibrate(
     threshold = float(np.quantile(best_arr, 1.0 - target_fpr))
     q = {name: float(np.quantile(best_arr, p)) for name, p in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))}
     q["max"] = float(best_arr.max())
-    return Calibration(threshold, target_fpr, len(best_arr), q)
+    warnings = []
+    if len(best_arr) * target_fpr < 1:
+        warnings.append(f"only {len(best_arr)} non-revisit queries: too few to resolve a false-positive rate of "
+                        f"{target_fpr:g} (need at least {math.ceil(1 / target_fpr)}); map more places")
+    if q["p99"] - q["p50"] < UNIFORM_SPREAD:
+        warnings.append(f"the map's places all score alike (p50 {q['p50']:.4f}, p99 {q['p99']:.4f}): the model "
+                        "does not tell them apart, so no threshold separates revisits from the rest")
+    return Calibration(threshold, target_fpr, len(best_arr), q, len(ids), min_separation_s, min_distance_m,
+                       tuple(warnings))

@@ -27,6 +27,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -80,6 +81,7 @@ class MapInfo:
     enu_origin: tuple[float, float, float] | None  # (lat, lon, alt) of the ENU frame of GNSS poses
     files: dict[str, dict]  # name -> {bytes, sha256} of index.faiss and places.sqlite
     index_ntotal: int  # vectors in the index: places plus removed ones the index cannot delete (HNSW)
+    calibration: dict[str, Any] | None = None  # see PlaceMap.calibration
 
 
 class _Columns:
@@ -135,6 +137,9 @@ class PlaceMap:
         self.tombstones: set[int] = set()  # removed places the index cannot delete (HNSW)
         self.local_features: dict[int, bytes] = {}  # optional, for geometric verification
         self.enu_origin: tuple[float, float, float] | None = None  # GNSS maps: origin of their ENU frame
+        # The loop-closure threshold calibrated on this map (``vpr-ros calibrate``): ``threshold``,
+        # ``target_fpr`` and what it was computed from; the node uses it when no threshold is set.
+        self.calibration: dict[str, Any] | None = None
         self._lock = threading.RLock()
 
     # -- construction ---------------------------------------------------------------------------
@@ -358,6 +363,7 @@ class PlaceMap:
             "next_id": int(self.cols.n),
             "model": None if self.model_id is None else asdict(self.model_id),
             "enu_origin": None if self.enu_origin is None else list(self.enu_origin),
+            **({} if self.calibration is None else {"calibration": self.calibration}),
         }
 
     def _write_places(self, file: Path) -> None:
@@ -409,6 +415,7 @@ class PlaceMap:
         pm.trained = info.trained
         pm._read_places(path / PLACES_FILE)
         pm.enu_origin = info.enu_origin or _legacy_enu_origin(pm.cols.strings)
+        pm.calibration = info.calibration
         _check_index(pm, info)
         return pm
 
@@ -606,7 +613,7 @@ def _parse_manifest(path: Path, manifest: dict) -> MapInfo:
     next_id = m.integer("next_id", ntotal, lo_field="index_ntotal")  # ids are never reused: all stored ones are below
     info = MapInfo(path=path, version=version, dim=dim, index=index, trained=trained, count=count, next_id=next_id,
                    model=_manifest_model(m, dim), enu_origin=_manifest_origin(m), files=_manifest_files(m),
-                   index_ntotal=ntotal)
+                   index_ntotal=ntotal, calibration=_manifest_calibration(m))
     digest = m.get("manifest_sha256", (str,), "64 hex digits", optional=True)  # absent in maps saved before it
     if digest is not None and digest != _manifest_digest(manifest):
         raise m.error("manifest_sha256", "does not match the manifest's content: a field was edited or damaged")
@@ -614,7 +621,7 @@ def _parse_manifest(path: Path, manifest: dict) -> MapInfo:
 
 
 _MANIFEST_FIELDS = frozenset({"format", "version", "dim", "index", "trained", "count", "index_ntotal", "next_id",
-                              "model", "enu_origin", "files", "manifest_sha256"})
+                              "model", "enu_origin", "files", "calibration", "manifest_sha256"})
 
 
 def _manifest_digest(manifest: dict) -> str:
@@ -651,6 +658,19 @@ def _manifest_origin(m: _Fields) -> tuple[float, float, float] | None:
             or abs(origin[0]) > 90 or abs(origin[1]) > 180:
         raise m.error("enu_origin", f"is {origin!r}, expected [lat, lon, alt] in degrees and metres")
     return float(origin[0]), float(origin[1]), float(origin[2])
+
+
+def _manifest_calibration(m: _Fields) -> dict[str, Any] | None:
+    """Optional: a threshold in [-1, 1] for a false-positive rate in (0, 1), plus numbers on what it came from."""
+    cal = m.get("calibration", (dict,), "an object", optional=True)
+    if cal is None:
+        return None
+    threshold, fpr = cal.get("threshold"), cal.get("target_fpr")
+    if not _is(threshold, (float,)) or not -1.0 <= threshold <= 1.0:
+        raise m.error("calibration", f"has threshold {threshold!r}, expected a cosine similarity in [-1, 1]")
+    if not _is(fpr, (float,)) or not 0.0 < fpr < 1.0:
+        raise m.error("calibration", f"has target_fpr {fpr!r}, expected a rate in (0, 1)")
+    return cal
 
 
 def _manifest_files(m: _Fields) -> dict[str, dict]:

@@ -14,6 +14,7 @@ Run: ``python -m vpr_ros.ros.node --ros-args --params-file config/localize.yaml`
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import threading
@@ -64,17 +65,20 @@ class LocalizeNode(Node):
                 raise StartupError(reason)
         self.mode: str = p["mode"]
         self.map_frame: str = p["map_frame"]
-        self.extractor = self._load_model(p)
         self.map_path = Path(p["map"]) if p["map"] else None
+        self.extractor = self._load_model(p)
         self.map = self._open_map(p, self.extractor.identity)
-        self.recognizer = PlaceRecognizer(self.extractor, self.map, loop_closure_config(p, self.mode), self.mode,
+        self.calibrated = None if self.map.calibration is None else float(self.map.calibration["threshold"])
+        config = loop_closure_config(p, self.mode, self.calibrated)
+        self.recognizer = PlaceRecognizer(self.extractor, self.map, config, self.mode,
                                           float(p["min_period"]), float(p["pose_max_gap"]))
 
         self.slot: LatestSlot = LatestSlot()
         self.latency = LatencyStats()  # frame received -> outputs published
         self.model_time = LatencyStats()  # the model's share of it
         self.processed = self.rejected = self.save_failures = 0
-        self.health = HealthMonitor()
+        raw, compressed = self._image_topics(p["image_topic"])
+        self.health = HealthMonitor(frame_timeout=float(p["frame_timeout"]), sources=f"{raw} and {compressed}")
         self._lock = threading.Lock()  # guards the counters and the pose of the last frame
 
         latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -87,9 +91,8 @@ class LocalizeNode(Node):
         qos = qos_profile_sensor_data
         if p["reliable"]:
             qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
-        self.create_subscription(Image, "image", lambda m: self._on_image(m, "image"), qos)
-        self.create_subscription(CompressedImage, "image/compressed",
-                                 lambda m: self._on_image(m, "image/compressed"), qos)
+        self.create_subscription(Image, raw, lambda m: self._on_image(m, raw), qos)
+        self.create_subscription(CompressedImage, compressed, lambda m: self._on_image(m, compressed), qos)
         if self.mode == "slam":
             self.create_subscription(Odometry, "odom", self._on_pose, 50)
             self.create_subscription(PoseStamped, "pose", self._on_pose, 50)
@@ -105,7 +108,9 @@ class LocalizeNode(Node):
         self._publish_markers()
         self.get_logger().info(
             f"{self.mode} mode, {self.extractor.model.cfg.describe()} on {self.extractor.device}, "
-            f"map {self.map_path or '(in memory)'} with {len(self.map)} places"
+            f"map {self.map_path or '(in memory)'} with {len(self.map)} places, threshold {config.threshold:.4f}"
+            f"{' (calibrated)' if math.isnan(p['threshold']) and self.calibrated is not None else ''}, "
+            f"listening on {raw} and {compressed}"
         )
 
     # -- setup ---------------------------------------------------------------------------------
@@ -122,12 +127,25 @@ class LocalizeNode(Node):
                 desc.additional_constraints = "one of: " + ", ".join(spec.choices)
             self.declare_parameter(name, spec.default, desc)
 
+    def _image_topics(self, name: str) -> tuple[str, str]:
+        """The raw topic and its ``/compressed`` sibling, both after remapping: a remap of the raw
+        topic (``-r image:=/camera/image_raw``) moves the compressed one with it, unless the
+        compressed one has a remap of its own."""
+        raw = self.resolve_topic_name(name)
+        compressed = self.resolve_topic_name(f"{name}/compressed")
+        if compressed == self.resolve_topic_name(f"{name}/compressed", only_expand=True):
+            compressed = f"{raw}/compressed"
+        return raw, compressed
+
     def _load_model(self, p: dict[str, Any]) -> DescriptorExtractor:
         if not p["checkpoint"]:
             raise StartupError("parameter 'checkpoint' is empty: set it to a SALAD/A²GC checkpoint file")
-        size = tuple(int(s) for s in p["image_size"])
+        size: tuple[int, ...] | None = tuple(int(s) for s in p["image_size"])
         if len(size) != 2:
             raise StartupError(f"image_size must be [H, W], got {list(size)}")
+        if size == (0, 0):  # not set: the existing map's size, else the checkpoint's .json, else 322x322
+            model = PlaceMap.info(self.map_path).model if self.map_path and PlaceMap.exists(self.map_path) else None
+            size = None if model is None else model.image_size
         extractor = load_extractor(p["checkpoint"], p["model_config"] or None, size, p["device"], p["precision"],
                                    batch_size=1)
         extractor.warmup(1)
@@ -146,6 +164,7 @@ class LocalizeNode(Node):
     # -- callbacks -------------------------------------------------------------------------------
 
     def _on_image(self, msg: Image | CompressedImage, topic: str) -> None:
+        self.health.received()
         self.slot.put((msg, time.monotonic(), topic))
 
     def _on_pose(self, msg: Odometry | PoseStamped) -> None:
@@ -159,10 +178,11 @@ class LocalizeNode(Node):
                 values[param.name] = param.value
         values["mode"] = self.mode
         try:
-            config = loop_closure_config(values, self.mode)
+            config = loop_closure_config(values, self.mode, self.calibrated)
         except (ValueError, TypeError) as exc:
             return SetParametersResult(successful=False, reason=str(exc))
         self.recognizer.configure(config, float(values["min_period"]))
+        self.health.frame_timeout = float(values["frame_timeout"])
         return SetParametersResult(successful=True)
 
     def _on_save(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:

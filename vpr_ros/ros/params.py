@@ -7,10 +7,13 @@ and keyframe period can be changed at run time and are validated by building a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from vpr_ros.loop_closure.policy import LoopClosureConfig
+
+DEFAULT_THRESHOLD = 0.6  # without a calibration: a cosine similarity SALAD revisits usually exceed
 
 
 @dataclass(frozen=True)
@@ -25,11 +28,16 @@ class Spec:
 PARAMS: dict[str, Spec] = {
     # startup, read-only
     "checkpoint": Spec("", "SALAD/A²GC checkpoint file (released flat state dict or Lightning .ckpt)", True),
-    "model_config": Spec("", "optional JSON file with model options the checkpoint's shapes cannot tell", True),
+    "model_config": Spec("", "JSON with model options the checkpoint's shapes cannot tell (default: the .json "
+                             "next to the checkpoint, if any)", True),
     "map": Spec("", "place map folder; localize: must exist; slam: loaded if present, else created", True),
     "mode": Spec("localize", "localize (fixed map, read-only) or slam (online map, loop closures)", True,
                  choices=("localize", "slam")),
-    "image_size": Spec([322, 322], "model input [H, W], multiples of 14", True),
+    "image_size": Spec([0, 0], "model input [H, W], multiples of 14; [0, 0]: the size of the existing map, else "
+                               "the checkpoint's .json, else 322x322", True),
+    "image_topic": Spec("image", "camera topic; its /compressed sibling is subscribed too (a remap of 'image' "
+                                 "moves both)", True),
+    "frame_timeout": Spec(5.0, "seconds without a frame before /diagnostics warns", range=(0.1, 3600.0)),
     "device": Spec("auto", "auto (the CUDA GPU when present), cpu or cuda", True, choices=("auto", "cpu", "cuda")),
     "precision": Spec("fp32", "backbone precision: fp32 (exact), bf16 or fp16", True,
                       choices=("fp32", "bf16", "fp16")),
@@ -41,7 +49,8 @@ PARAMS: dict[str, Spec] = {
     # run time
     "min_period": Spec(0.0, "seconds between keyframes (0: process every frame the model keeps up with)",
                        range=(0.0, 3600.0)),
-    "threshold": Spec(0.6, "minimum cosine similarity of a loop-closure candidate", range=(-1.0, 1.0)),
+    "threshold": Spec(float("nan"), "minimum cosine similarity of a loop-closure candidate; NaN (default): the "
+                                    f"map's calibrated threshold (vpr-ros calibrate), else {DEFAULT_THRESHOLD}"),
     "top_k": Spec(5, "candidates retrieved (and verified) per query", range=(1, 100)),
     "exclude_seconds": Spec(30.0, "slam: ignore places newer than this before the query", range=(0.0, 1e6)),
     "exclude_last": Spec(50, "slam: ignore the most recent N places", range=(0, 1_000_000)),
@@ -55,11 +64,15 @@ PARAMS: dict[str, Spec] = {
 RUNTIME = {name for name, spec in PARAMS.items() if not spec.read_only}
 
 
-def loop_closure_config(values: dict[str, Any], mode: str) -> LoopClosureConfig:
-    """Gates from parameter values; localize mode has no exclusion window (another run's map)."""
+def loop_closure_config(values: dict[str, Any], mode: str, calibrated: float | None = None) -> LoopClosureConfig:
+    """Gates from parameter values; localize mode has no exclusion window (another run's map). A NaN
+    threshold means "not set": the map's ``calibrated`` threshold, else ``DEFAULT_THRESHOLD``."""
     slam = mode == "slam"
+    threshold = float(values["threshold"])
+    if math.isnan(threshold):
+        threshold = DEFAULT_THRESHOLD if calibrated is None else calibrated
     return LoopClosureConfig(
-        threshold=float(values["threshold"]),
+        threshold=threshold,
         top_k=int(values["top_k"]),
         exclude_seconds=float(values["exclude_seconds"]) if slam else None,
         exclude_last=int(values["exclude_last"]) if slam else 0,
