@@ -12,7 +12,8 @@ plain rclpy subscriber (``qos_profile_sensor_data``, no model) and a publisher t
 sees the subscription, waits 1 s more, then publishes at ``--rate`` Hz for ``--seconds`` s. Latency
 is the publisher's wall-clock stamp (``header.stamp``, taken just before ``publish``) to the
 subscriber's callback, so it includes serialization, transport and deserialization into Python.
-DDS stays on loopback (``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``) on a random domain id per run.
+CPU time per frame (process time, all threads) shows what each side pays per message. DDS stays
+on loopback (``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``) on a random domain id per run.
 
 Usage: ``python bench/dds_frames.py [--seconds 3] [--rate 30]`` (about a minute).
 """
@@ -90,6 +91,7 @@ def run_pub(width: int, height: int, encoding: str, rate: float, seconds: float)
     time.sleep(1.0)  # the reader may match our writer a little after we matched it
     n = round(rate * seconds)
     period = 1.0 / rate
+    cpu = time.process_time()
     start = time.monotonic()
     for i in range(n):
         delay = start + i * period - time.monotonic()
@@ -98,7 +100,8 @@ def run_pub(width: int, height: int, encoding: str, rate: float, seconds: float)
         msg.header.frame_id = str(i)  # the sequence number
         msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(time.time_ns(), 1_000_000_000)
         pub.publish(msg)
-    print(json.dumps({"sent": n, "bytes": len(msg.data)}), flush=True)
+    cpu_ms = 1000 * (time.process_time() - cpu) / n
+    print(json.dumps({"sent": n, "bytes": len(msg.data), "pub_cpu_ms": cpu_ms}), flush=True)
     node.destroy_node()
     rclpy.shutdown()
 
@@ -112,22 +115,27 @@ def run_sub(stop_file: Path, compressed: bool) -> None:
     rclpy.init()
     node = rclpy.create_node("dds_frames_sub")
     got: list[tuple[int, float]] = []
+    cpu = [0.0, 0.0]  # process CPU time at the first and the last frame
 
     def on_image(msg: Image | CompressedImage) -> None:
         now = time.time_ns()
+        cpu[0 if not got else 1] = time.process_time()
         sent = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
         got.append((int(msg.header.frame_id), (now - sent) / 1e6))
 
     node.create_subscription(CompressedImage if compressed else Image, TOPIC, on_image, qos_profile_sensor_data)
     while not stop_file.exists():
         rclpy.spin_once(node, timeout_sec=0.05)
-    print(json.dumps({"received": got}), flush=True)
+    cpu_ms = 1000 * (cpu[1] - cpu[0]) / (len(got) - 1) if len(got) > 1 else float("nan")
+    print(json.dumps({"received": got, "sub_cpu_ms": cpu_ms}), flush=True)
     node.destroy_node()
     rclpy.shutdown()
 
 
 def trial(profile: Path | None, width: int, height: int, encoding: str, rate: float, seconds: float) -> dict:
-    """One publisher/subscriber pair; returns sent, distinct frames received and latencies (ms)."""
+    """One publisher/subscriber pair: frames sent and distinct frames received, latencies (ms) and
+    CPU time (ms) per frame of each process (publisher: per frame sent; subscriber: per frame
+    received, between its first and last frame)."""
     env = dds_env(profile)
     with tempfile.TemporaryDirectory() as tmp:
         stop = Path(tmp) / "stop"
@@ -143,9 +151,11 @@ def trial(profile: Path | None, width: int, height: int, encoding: str, rate: fl
     if pub.returncode != 0:
         raise RuntimeError(f"publisher failed: {pub.stderr}")
     sent = json.loads(pub.stdout.splitlines()[-1])
-    received = json.loads(out.splitlines()[-1])["received"]
+    sub_result = json.loads(out.splitlines()[-1])
+    received = sub_result["received"]
     seqs = {s for s, _ in received}
-    return {**sent, "received": len(seqs), "latency_ms": [lat for _, lat in received]}
+    return {**sent, "received": len(seqs), "latency_ms": [lat for _, lat in received],
+            "sub_cpu_ms": sub_result["sub_cpu_ms"]}
 
 
 def pct(values: list[float], p: float) -> float:
@@ -171,14 +181,16 @@ def main() -> int:
 
     print(f"best effort, {args.rate:g} Hz, {args.seconds:g} s per trial, publisher and subscriber in separate "
           "processes, DDS on loopback")
-    print(f"{'profile':<26} {'frame':<16} {'MB':>5} {'delivered':>12} {'p50 ms':>8} {'p95 ms':>8}")
+    print(f"{'profile':<26} {'frame':<16} {'MB':>5} {'delivered':>12} {'p50 ms':>7} {'p95 ms':>7} "
+          f"{'pub cpu ms':>10} {'sub cpu ms':>10}")
     for profile in (None, PROFILE):
         for width, height, encoding in SIZES:
             r = trial(profile, width, height, encoding, args.rate, args.seconds)
             name = profile.name if profile else "(none)"
             frac = f"{r['received']}/{r['sent']} {100 * r['received'] / r['sent']:.0f}%"
             print(f"{name:<26} {f'{width}x{height} {encoding}':<16} {r['bytes'] / 1e6:>5.2f} {frac:>12} "
-                  f"{pct(r['latency_ms'], 50):>8.1f} {pct(r['latency_ms'], 95):>8.1f}", flush=True)
+                  f"{pct(r['latency_ms'], 50):>7.1f} {pct(r['latency_ms'], 95):>7.1f} "
+                  f"{r['pub_cpu_ms']:>10.2f} {r['sub_cpu_ms']:>10.2f}", flush=True)
     return 0
 
 
