@@ -78,7 +78,7 @@ setup(
     entry_points={
         "console_scripts": [
             "vpr-ros = vpr_ros.cli:main",
-            "localize_node = vpr_ros.ros.node:main",
+            "localize_node = vpr_ros.ros.node:run",
             *(["vpr-ros-train = vpr_ros.training.__main__:console_main"] if TRAINING else []),
         ],
     },

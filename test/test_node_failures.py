@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ros_harness import Client, image_msg, start_node, stop_node
+from ros_harness import Client, image_msg, odom_msg, start_node, stop_node
 from sensor_msgs.msg import Image
 
 from vpr_ros.errors import BagError, ModelOutputError
@@ -59,6 +59,10 @@ def test_a_full_disk_keeps_the_slam_node_and_its_places(tmp_path, photos) -> Non
     client = Client(ns="/full", image_topic="/full/cam", odom_topic="/full/odom")
     try:
         client.wait_ready(proc)
+        assert client.spin_until(lambda: client.odom.get_subscription_count() > 0, 30)
+        for bad in (odom_msg((5, 0), float("nan")), odom_msg((6, 0), float("inf"))):
+            client.odom.publish(bad)  # a broken odometry sample is dropped, never a crash
+        assert client.spin_until(lambda: int(client.diag_values().get("poses rejected", 0)) == 2, 10)
         places = 64  # 160-d float descriptors: 40 kB of index, more than the "disk" takes
         for k in range(places):
             client.send_and_wait(image_msg(photos[k % len(photos)], (100 + k, 0)))

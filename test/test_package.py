@@ -57,5 +57,5 @@ def test_launch_file_starts_the_installed_node_with_the_shipped_params() -> None
     ast.parse(source)
     assert 'executable="localize_node"' in source and 'name="vpr_localize"' in source
     assert '"localize.yaml"' in source and (REPO / "config" / "localize.yaml").is_file()
-    assert "localize_node = vpr_ros.ros.node:main" in (REPO / "setup.py").read_text()
+    assert "localize_node = vpr_ros.ros.node:run" in (REPO / "setup.py").read_text()
     assert (REPO / "config" / "localize.yaml").read_text().splitlines()[3:].count("/**:") == 1

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -76,7 +77,7 @@ class LocalizeNode(Node):
         self.slot: LatestSlot = LatestSlot()
         self.latency = LatencyStats()  # frame received -> outputs published
         self.model_time = LatencyStats()  # the model's share of it
-        self.processed = self.rejected = self.save_failures = 0
+        self.processed = self.rejected = self.save_failures = self.poses_rejected = 0
         raw, compressed = self._image_topics(p["image_topic"])
         self.health = HealthMonitor(frame_timeout=float(p["frame_timeout"]), sources=f"{raw} and {compressed}")
         self._lock = threading.Lock()  # guards the counters and the pose of the last frame
@@ -168,8 +169,13 @@ class LocalizeNode(Node):
         self.slot.put((msg, time.monotonic(), topic))
 
     def _on_pose(self, msg: Odometry | PoseStamped) -> None:
-        stamp, position, orientation, frame = pose_from_msg(msg)
-        self.recognizer.poses.add(stamp, position, orientation, frame or self.map_frame)
+        try:
+            stamp, position, orientation, frame = pose_from_msg(msg)
+            self.recognizer.poses.add(stamp, position, orientation, frame or self.map_frame)
+        except VprError as exc:  # NaN, a zero quaternion: the sample is dropped, the stream goes on
+            with self._lock:
+                self.poses_rejected += 1
+            self.get_logger().warning(f"dropping a pose: {exc}", throttle_duration_sec=5.0)
 
     def _on_set_parameters(self, params: list) -> SetParametersResult:
         values = {name: self.get_parameter(name).value for name in RUNTIME}
@@ -299,7 +305,7 @@ class LocalizeNode(Node):
         with self._lock:
             counts = {"frames processed": self.processed, "frames rejected": self.rejected,
                       "frames skipped (keyframe period)": self.recognizer.keyframes.skipped["period"],
-                      "map save failures": self.save_failures}
+                      "map save failures": self.save_failures, "poses rejected": self.poses_rejected}
         counts = {"frames received": self.slot.received, "frames dropped (busy)": self.slot.dropped, **counts}
         values = {**counts, "latency p50 ms": f"{1000 * self.latency.percentile(50):.1f}",
                   "latency p95 ms": f"{1000 * self.latency.percentile(95):.1f}",
@@ -338,24 +344,38 @@ class LocalizeNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
+    """Run the node until SIGINT / shutdown: 0 on a clean stop, 1 when it could not start or could
+    not save its map where asked."""
     rclpy.init(args=args)
+    node: LocalizeNode | None = None
+    saved = True
     try:
         node = LocalizeNode()
-    except (StartupError, VprError, FileNotFoundError, ValueError, OSError) as exc:
-        rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
-        rclpy.try_shutdown()
-        return 1
-    saved = False
-    try:
         rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
+    except (StartupError, VprError, FileNotFoundError, ValueError, OSError) as exc:
+        if node is not None:  # not bad configuration: a bug in a callback; keep its traceback
+            raise
+        rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
+        saved = False
+    except (KeyboardInterrupt, ExternalShutdownException):  # also while still starting
         pass
     finally:
-        saved = node.close()
-        node.destroy_node()
+        if node is not None:
+            saved = node.close() and saved
+            node.destroy_node()
         rclpy.try_shutdown()
     return 0 if saved else 1
 
 
+def run() -> None:
+    """Console entry point. Once the node is closed (map saved, DDS left), the process ends at once:
+    the interpreter's own teardown of torch and the DDS libraries takes seconds, and ``ros2 launch``
+    escalates SIGINT to SIGTERM after 5 s."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run()
