@@ -1,64 +1,86 @@
-"""Start the vpr_localize node: ``ros2 launch vpr_ros localize.launch.py checkpoint:=... map:=...``.
+"""Start the vpr_localize node: ``ros2 launch vpr_ros localize.launch.py [name:=value ...]``.
 
-Arguments override the params file; the same file works with
-``python -m vpr_ros.ros.node --ros-args --params-file config/localize.yaml``.
+Without arguments it runs in slam mode on the bundled demo model with a map under
+``$ROS_HOME/vpr_ros`` (``~/.ros`` by default), saved at shutdown. An argument left unset (its
+default, empty) keeps the params file's value (the same file works with
+``python -m vpr_ros.ros.node --ros-args --params-file config/localize.yaml``), and an argument this
+file does not declare stops the launch: launch itself would ignore a typo. What the arguments
+become is decided in :mod:`vpr_ros.ros.launch_args`, unit-tested without ROS.
 
 The node gets ``FASTDDS_DEFAULT_PROFILES_FILE`` set to ``dds_profile`` (default: the shipped
 ``fastdds_large_frames.xml``, without which best-effort raw frames from a camera driver in another
-process are mostly lost; see docs/node.md, "DDS"). An empty ``dds_profile`` leaves the variable as
+process are mostly lost; see docs/node.md, "DDS"). ``dds_profile:=none`` leaves the variable as
 the shell has it. Only the node is affected: give the camera driver the same profile.
+
+When the node exits the launch ends; when it fails (e.g. a missing checkpoint), ``ros2 launch``
+exits non-zero.
 """
 
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, GroupAction, SetEnvironmentVariable
-from launch.conditions import IfCondition
-from launch.substitutions import LaunchConfiguration, PythonExpression
+from launch import LaunchContext, LaunchDescription
+from launch.actions import DeclareLaunchArgument, GroupAction, LogInfo, OpaqueFunction, SetEnvironmentVariable, Shutdown
+from launch.events.process import ProcessExited
+from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+
+from vpr_ros.ros.launch_args import (
+    PARAMETER_ARGUMENTS,
+    check_known,
+    node_fqn,
+    node_parameters,
+    optional_file,
+    read_params_file,
+    ros_home,
+)
 
 
 def generate_launch_description() -> LaunchDescription:
     share = get_package_share_directory("vpr_ros")
-    default_params = os.path.join(share, "config", "localize.yaml")
-    default_dds_profile = os.path.join(share, "config", "fastdds_large_frames.xml")
     args = [
-        DeclareLaunchArgument("params_file", default_value=default_params, description="node parameters (YAML)"),
-        DeclareLaunchArgument("checkpoint", description="SALAD / A²GC checkpoint file"),
-        DeclareLaunchArgument("map", description="place map folder"),
-        DeclareLaunchArgument("mode", default_value="localize", description="localize or slam"),
-        DeclareLaunchArgument("image_topic", default_value="/camera/image_raw", description="camera image topic"),
-        DeclareLaunchArgument("odom_topic", default_value="/odom", description="slam: nav_msgs/Odometry topic"),
+        *(DeclareLaunchArgument(name, default_value="", description=doc) for name, doc in PARAMETER_ARGUMENTS.items()),
+        DeclareLaunchArgument("odom_topic", default_value="",
+                              description="slam: nav_msgs/Odometry topic, a remap of 'odom'; unset: no remap"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node"),
-        DeclareLaunchArgument("dds_profile", default_value=default_dds_profile,
+        DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "localize.yaml"),
+                              description="node parameters (YAML), overridden by the arguments above; none: no file"),
+        DeclareLaunchArgument("dds_profile", default_value=os.path.join(share, "config", "fastdds_large_frames.xml"),
                               description="Fast DDS XML profile for the node (FASTDDS_DEFAULT_PROFILES_FILE); "
-                                          "empty: leave the environment as it is"),
+                                          "none: leave the environment as it is"),
     ]
-    dds_profile = LaunchConfiguration("dds_profile")
-    # Set only for the node (the group scopes the environment) and only when dds_profile is not empty:
-    # an empty FASTDDS_DEFAULT_PROFILES_FILE makes Fast DDS log an XML parser error.
-    set_dds_profile = SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", dds_profile,
-                                             condition=IfCondition(PythonExpression(["'", dds_profile, "' != ''"])))
-    image = LaunchConfiguration("image_topic")
+    declared = frozenset(arg.name for arg in args)
+    return LaunchDescription([*args, OpaqueFunction(function=_start_node, args=[declared])])
+
+
+def _start_node(context: LaunchContext, declared: frozenset) -> list:
+    """Runs once the arguments are known: only then can unset ones be left out and types be given."""
+    check_known(context.launch_configurations, declared)
+    value = {name: LaunchConfiguration(name).perform(context) for name in declared}
+    params_file = optional_file("params_file", value["params_file"])
+    file_values = read_params_file(params_file, node_fqn(value["namespace"])) if params_file else {}
+    params, notes = node_parameters(value, file_values, ros_home(os.environ))
+    dds_profile = optional_file("dds_profile", value["dds_profile"])
     node = Node(
         package="vpr_ros",
         executable="localize_node",
         name="vpr_localize",
-        namespace=LaunchConfiguration("namespace"),
+        namespace=value["namespace"],
         output="screen",
-        parameters=[
-            LaunchConfiguration("params_file"),
-            {
-                "checkpoint": LaunchConfiguration("checkpoint"),
-                "map": LaunchConfiguration("map"),
-                "mode": LaunchConfiguration("mode"),
-            },
-        ],
-        remappings=[
-            ("image", image),
-            ("image/compressed", [image, "/compressed"]),
-            ("odom", LaunchConfiguration("odom_topic")),
-        ],
+        parameters=[*([params_file] if params_file else []), params],
+        remappings=[("odom", value["odom_topic"])] if value["odom_topic"] else [],
+        on_exit=_on_node_exit,
     )
-    return LaunchDescription([*args, GroupAction([set_dds_profile, node])])
+    # The group scopes the environment to the node. An empty FASTDDS_DEFAULT_PROFILES_FILE would make
+    # Fast DDS log an XML parser error, hence no variable at all without a profile.
+    env = [SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", dds_profile)] if dds_profile else []
+    return [*(LogInfo(msg=f"vpr_localize: {note}") for note in notes), GroupAction([*env, node])]
+
+
+def _on_node_exit(event: ProcessExited, context: LaunchContext) -> list:
+    """The launch has nothing left to do without the node. launch (Humble to Kilted) has no way to
+    set the exit code of ``ros2 launch`` (``Shutdown`` exits 0): ``LaunchService.run`` returns 1
+    only after an exception while it handles an event, so a failed node raises one here."""
+    if event.returncode != 0:
+        raise RuntimeError(f"{event.process_name} exited with code {event.returncode} (its log is above)")
+    return [Shutdown(reason=f"{event.process_name} exited")]

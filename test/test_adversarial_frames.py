@@ -94,6 +94,7 @@ def test_the_pixel_limit_refuses_before_decoding(max_pixels) -> None:
 
 
 def test_the_node_survives_a_sample_and_counts_every_one(tmp_path) -> None:
+    """Every frame received is processed, rejected or dropped for a newer one: none lost, no crash."""
     from vpr_ros.maps.place_map import PlaceMap
 
     PlaceMap.create(160).save(tmp_path / "empty.map")  # a map without a model: any model may use it
@@ -103,17 +104,17 @@ def test_the_node_survives_a_sample_and_counts_every_one(tmp_path) -> None:
     sample = [m for i, m in enumerate(ALL) if i % 25 == 0 and len(bytes(m.data)) < 1_000_000]
     try:
         client.wait_ready(proc)
-        for n, msg in enumerate(sample, 1):  # one at a time: the latest-frame slot would drop faster ones
+        for msg in sample:
             (client.compressed if isinstance(msg, CompressedImage) else client.image).publish(msg)
+            client.spin_until(lambda: False, 0.25)  # the reader keeps one sample: let the node take each
+        counters = ("frames processed", "frames rejected", "frames dropped (busy)")
 
-            def handled(n: int = n) -> bool:
-                d = client.diag_values()
-                return int(d.get("frames processed", 0)) + int(d.get("frames rejected", 0)) >= n
+        def accounted() -> bool:
+            d = client.diag_values()
+            return int(d.get("frames received", -1)) == len(sample) == sum(int(d.get(k, 0)) for k in counters)
 
-            assert client.spin_until(handled, 15), f"frame {n} of {len(sample)} not handled: {client.diag_values()}"
-            assert proc.poll() is None
-        d = client.diag_values()
-        assert int(d["frames received"]) == len(sample) == int(d["frames processed"]) + int(d["frames rejected"])
+        assert client.spin_until(accounted, 30), client.diag_values()
+        assert proc.poll() is None and int(client.diag_values()["frames rejected"]) > 0
     finally:
         client.close()
         code, out = stop_node(proc)
