@@ -53,7 +53,7 @@ def generate_launch_description() -> LaunchDescription:
     return LaunchDescription([*args, OpaqueFunction(function=_start_node, args=[declared])])
 
 
-def _start_node(context: LaunchContext, declared: frozenset) -> list:
+def _start_node(context: LaunchContext, declared: frozenset[str]) -> list:
     """Runs once the arguments are known: only then can unset ones be left out and types be given."""
     check_known(context.launch_configurations, declared)
     value = {name: LaunchConfiguration(name).perform(context) for name in declared}

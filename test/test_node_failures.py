@@ -136,3 +136,4 @@ def test_a_model_that_outputs_nan_never_hands_on_a_descriptor(photos) -> None:
     ext = DescriptorExtractor(model, (112, 112), "cpu", batch_size=2)
     with pytest.raises(ModelOutputError, match=r"image\(s\) \[0, 1\]"):
         ext.describe(photos[:3])
+

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
 import tempfile
 import threading
@@ -360,6 +361,8 @@ def main(args: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):  # also while still starting
         pass
     finally:
+        if threading.current_thread() is threading.main_thread():  # a second SIGINT (launch forwards one
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # to the whole group) must not cut the final save short
         if node is not None:
             saved = node.close() and saved
             node.destroy_node()
