@@ -22,7 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from common import add_model_args, make_extractor
+from common import add_model_args, make_extractor, model_label
 
 from vpr_ros.bags.mapping import build_map
 from vpr_ros.bags.reader import read_frames
@@ -69,7 +69,7 @@ def main() -> None:
     ext = make_extractor(args, args.device, args.precision, args.batch_size)
     dev = ext.device
     name = device_label(dev)
-    print(f"{args.model} {args.image_size[0]}x{args.image_size[1]} {args.precision}, batch {args.batch_size}, "
+    print(f"{model_label(args)} {args.image_size[0]}x{args.image_size[1]} {args.precision}, batch {args.batch_size}, "
           f"{args.frames} frames of {args.frame_size[0]}x{args.frame_size[1]}, on {name}")
     ext.warmup(1)
     data = frames(args.frames, tuple(args.frame_size))

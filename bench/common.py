@@ -24,3 +24,8 @@ def make_extractor(args: argparse.Namespace, device: str = "auto", precision: st
         args.random_weights = create_model(args.model).state_dict()
     source = args.checkpoint or args.random_weights
     return load_extractor(source, args.config, args.image_size, device, precision, batch_size, compile=compile)
+
+
+def model_label(args: argparse.Namespace) -> str:
+    """What the report names: the checkpoint, or the architecture with random weights."""
+    return str(args.checkpoint) if args.checkpoint else f"{args.model} (random weights)"

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import add_model_args, make_extractor
+from common import add_model_args, make_extractor, model_label
 
 from vpr_ros.extractor import DescriptorExtractor, device_label
 
@@ -65,7 +65,7 @@ def main() -> None:
 
     dev = torch.device(args.device)
     name = device_label(dev)
-    label = args.checkpoint or f"{args.model} (random weights)"
+    label = model_label(args)
     dim = make_extractor(args, "cpu").descriptor_dim
     print(f"{label} ({dim}-d) at {args.image_size[0]}x{args.image_size[1]} on {name}, "
           f"torch {torch.__version__}")

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import add_model_args, make_extractor
+from common import add_model_args, make_extractor, model_label
 
 from vpr_ros.evaluation.recall import DescriptorCache, describe_cached, extractor_identity
 from vpr_ros.extractor import device_label
@@ -42,7 +42,7 @@ def main() -> None:
     ext = make_extractor(args, args.device, args.precision, args.batch_size)
     dev = ext.device
     name = device_label(dev)
-    print(f"{args.model} ({ext.descriptor_dim}-d) {args.image_size[0]}x{args.image_size[1]} {args.precision}, "
+    print(f"{model_label(args)} ({ext.descriptor_dim}-d) {args.image_size[0]}x{args.image_size[1]} {args.precision}, "
           f"batch {args.batch_size}, {args.images} images, on {name}")
     paths = [SCENES[i % len(SCENES)] for i in range(args.images)]
     names = [f"{i}/{p.name}" for i, p in enumerate(paths)]  # distinct names: nothing is deduplicated
