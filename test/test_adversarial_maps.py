@@ -553,6 +553,10 @@ def nth_call_fails(real: Callable, n: int) -> Callable:
     return wrapper
 
 
+def erofs(*_args: object, **_kwargs: object) -> None:
+    raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+
 @contextmanager
 def obstacle(kind: str, target: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Arrange one way for a save over ``target`` to fail; undo it on exit."""
@@ -570,11 +574,9 @@ def obstacle(kind: str, target: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
             target.with_name(target.name + ".bak").write_text("in the way")
         elif kind == "a file named like the temp folder":
             target.with_name(f".{target.name}.tmp-{os.getpid()}-{threading.get_ident()}").write_text("in the way")
-        elif kind == "read-only parent folder":
-            target.parent.chmod(0o555)
+        elif kind == "read-only filesystem":  # EROFS for any uid (root writes into chmod 555 folders)
+            mp.setattr(Path, "mkdir", erofs)
         yield
-    if kind == "read-only parent folder":
-        target.parent.chmod(0o755)
     for name in (target.name + ".bak", f".{target.name}.tmp-{os.getpid()}-{threading.get_ident()}"):
         if target.with_name(name).is_file():
             target.with_name(name).unlink()
@@ -582,7 +584,7 @@ def obstacle(kind: str, target: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
 
 SAVE_FAILURES = ["index write: disk full", "places write: disk full", "fsync 1", "fsync 2", "fsync 3", "fsync 4",
                  "second rename fails", "a file named like the backup", "a file named like the temp folder",
-                 "read-only parent folder"]
+                 "read-only filesystem"]
 
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw"])
@@ -590,8 +592,6 @@ SAVE_FAILURES = ["index write: disk full", "places write: disk full", "fsync 1",
 def test_a_failing_save_keeps_both_maps(originals, tmp_path, monkeypatch, kind, failure):
     """A save that cannot write raises MapSaveError, leaves the previous saved map loadable and identical, and
     keeps every place in memory: a later save writes them all."""
-    if failure == "read-only parent folder" and os.geteuid() == 0:
-        pytest.skip("root writes into read-only folders; the disk-full cases simulate the same refusal")
     orig = originals[kind]
     target = tmp_path / "maps" / "m"
     shutil.copytree(orig.path, target)
