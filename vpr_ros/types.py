@@ -54,6 +54,21 @@ def format_stamp(ns: int) -> str:
     return f"{sec}.{nsec:09d}"
 
 
+class Stamped:
+    """``stamp`` and ``seconds`` views of the ``stamp_ns`` field of a frame or a place."""
+
+    stamp_ns: int
+
+    @property
+    def stamp(self) -> tuple[int, int]:
+        """``(sec, nanosec)`` of the image header."""
+        return ns_to_pair(self.stamp_ns)
+
+    @property
+    def seconds(self) -> float:
+        return ns_to_seconds(self.stamp_ns)
+
+
 @dataclass(frozen=True)
 class Pose:
     """Position (x, y, z) and orientation quaternion (x, y, z, w) in ``frame_id``."""

@@ -42,7 +42,7 @@ from vpr_ros.bags.geodesy import enu_frame, geodetic_to_enu
 from vpr_ros.bags.poses import PoseBuffer, pose_from_msg
 from vpr_ros.errors import BadFrame, BagError, InputError, MissingFileError, VprError
 from vpr_ros.image_msgs import image_to_rgb, stamp_of
-from vpr_ros.types import Pose, format_stamp, ns_to_pair, ns_to_seconds, to_ns
+from vpr_ros.types import Pose, Stamped, format_stamp, ns_to_seconds, to_ns
 
 LOG = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class TopicSummary:
 
 
 @dataclass
-class Frame:
+class Frame(Stamped):
     """One decoded camera frame: header stamp, RGB pixels, interpolated pose (None: none near)."""
 
     stamp_ns: int  # header.stamp, integer nanoseconds
@@ -106,15 +106,6 @@ class Frame:
     pose: Pose | None
     frame_id: str
     source: str  # "bag path#image topic": where the frame can be read again (a place's source)
-
-    @property
-    def stamp(self) -> tuple[int, int]:
-        """``(sec, nanosec)`` of the header."""
-        return ns_to_pair(self.stamp_ns)
-
-    @property
-    def seconds(self) -> float:
-        return ns_to_seconds(self.stamp_ns)
 
 
 @dataclass

@@ -34,7 +34,7 @@ import numpy as np
 
 from vpr_ros.errors import CorruptMapError, InputError, MapError, MapSaveError, MissingFileError, ModelMismatchError
 from vpr_ros.maps.index_kinds import IndexKind, new_index, train_index
-from vpr_ros.types import NS_PER_S, ModelIdentity, Pose, Stamp, ns_to_pair, ns_to_seconds, to_ns
+from vpr_ros.types import NS_PER_S, ModelIdentity, Pose, Stamp, Stamped, ns_to_pair, to_ns
 
 LOG = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ MAX_DIM = 1 << 16  # far above any descriptor (SALAD: 8448-d): a larger "dim" is
 MAX_MANIFEST_BYTES = 1 << 20  # manifests are ~1 KB; a bigger file is not read into memory
 
 @dataclass(frozen=True)
-class Place:
+class Place(Stamped):
     """One stored place. ``source`` says where its image can be read again: ``"<bag path>#<image topic>"``
     for maps built from bags, the image topic for places a live node added, empty when unknown."""
 
@@ -54,15 +54,6 @@ class Place:
     frame_id: str
     pose: Pose | None
     source: str
-
-    @property
-    def stamp(self) -> tuple[int, int]:
-        """``(sec, nanosec)`` of the image header."""
-        return ns_to_pair(self.stamp_ns)
-
-    @property
-    def seconds(self) -> float:
-        return ns_to_seconds(self.stamp_ns)
 
 
 @dataclass(frozen=True)

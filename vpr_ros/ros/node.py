@@ -48,7 +48,7 @@ from vpr_ros.loop_closure.matches import MatchPrior
 from vpr_ros.loop_closure.recognizer import Outcome, PlaceRecognizer
 from vpr_ros.maps.place_map import PlaceMap
 from vpr_ros.ros.params import PARAMS, RUNTIME, check_choice, loop_closure_config
-from vpr_ros.types import ModelIdentity, Pose, to_ns
+from vpr_ros.types import ModelIdentity, Pose, ns_to_pair, to_ns
 
 NODE_NAME = "vpr_localize"
 
@@ -246,7 +246,7 @@ class LocalizeNode(Node):
             return
         outcome = self.recognizer.process(image_to_rgb(msg), stamp_ns, msg.header.frame_id, topic)
         self.model_time.add(outcome.model_seconds)
-        self._publish(outcome, stamp_of(msg))
+        self._publish(outcome, ns_to_pair(stamp_ns))
         self.health.frame(rejected=False)
         with self._lock:
             self.processed += 1
