@@ -420,7 +420,7 @@ def test_damaged_places_database(originals, tmp_path, kind):
         "an id moved far away": "UPDATE places SET id = 1000 WHERE id = 5",
         "last id moved": "UPDATE places SET id = 99 WHERE id = 30",
         "an extra place": "INSERT INTO places SELECT 31, sec, nanosec, frame_id, px, py, pz, qx, qy, qz, qw, "
-                          "pose_frame, source, removed, hidden FROM places WHERE id = 3",
+                          "pose_frame, source, removed, hidden, camera FROM places WHERE id = 3",
         "a duplicate id (no primary key)": "CREATE TABLE p2 AS SELECT * FROM places; INSERT INTO p2 SELECT * FROM "
                                            "places WHERE id = 4; DROP TABLE places; ALTER TABLE p2 RENAME TO places",
         "sec as text": "UPDATE places SET sec = 'abc' WHERE id = 3",
@@ -432,6 +432,8 @@ def test_damaged_places_database(originals, tmp_path, kind):
         "frame_id null": "UPDATE places SET frame_id = NULL WHERE id = 2",
         "frame_id a blob": "UPDATE places SET frame_id = X'00FF' WHERE id = 2",
         "source null": "UPDATE places SET source = NULL WHERE id = 2",
+        "camera null": "UPDATE places SET camera = NULL WHERE id = 2",
+        "camera a blob": "UPDATE places SET camera = X'00FF' WHERE id = 2",
         "px text": "UPDATE places SET px = 'abc' WHERE id = 2",
         "px null in a pose": "UPDATE places SET px = NULL WHERE id = 2",
         "qw a blob": "UPDATE places SET qw = X'01' WHERE id = 2",

@@ -120,7 +120,7 @@ def test_recognizer_does_the_nodes_work_without_ros(demo) -> None:
         stamp = to_ns(t)
         if rec.wants(stamp):
             outcomes.append(rec.process(photos[[0, 0, 1, 2, 3, 0][i]], stamp, "cam", "/image"))
-    assert rec.keyframes.skipped["period"] == 1 and len(pm) == 5
+    assert rec.skipped["period"] == 1 and len(pm) == 5
     assert [o.added_id for o in outcomes] == [0, 1, 2, 3, 4]
     last = outcomes[-1]
     assert last.decision.accepted is not None and last.decision.accepted.id == 0

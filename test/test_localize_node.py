@@ -69,7 +69,7 @@ def test_localize_answers_raw_and_compressed_frames(localize, client, photos) ->
         idx = [3, 7, 15][i]
         m = client.send_and_wait(make(photos[idx], (sec, 500)))
         assert m["schema"] == "vpr_ros/matches" and m["version"] == 1
-        assert m["query"] == {"stamp": {"sec": sec, "nanosec": 500}, "frame_id": "camera"}
+        assert m["query"] == {"stamp": {"sec": sec, "nanosec": 500}, "frame_id": "camera", "camera": ""}
         top = m["candidates"][0]
         assert top["id"] == idx and top["accepted"] and m["accepted_id"] == idx
         assert top["stamp"] == {"sec": 100 + idx, "nanosec": 0} and top["pose"]["position"] == [float(idx), 0.0, 0.0]

@@ -1,4 +1,4 @@
-"""Hand-over between a camera callback and a slower descriptor worker: keep only the newest frame.
+"""Hand-over between camera callbacks and a slower descriptor worker: keep only the newest frame of each camera.
 
 A queue would let the worker fall further behind the camera with every frame; for place
 recognition an old frame is worth less than the current one, so the slot holds at most one item
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Hashable
 from typing import Generic, TypeVar
 
 import numpy as np
@@ -18,50 +19,62 @@ T = TypeVar("T")
 
 
 class LatestSlot(Generic[T]):
-    """Single-item mailbox: ``put`` never blocks, ``take`` waits for the newest item.
+    """Mailbox of one item per key (per camera): ``put`` never blocks, ``take_all`` waits for the newest
+    item of every key that has one, so a worker describes all cameras' latest frames in one batch.
 
-    Counters obey ``dropped == received - taken - pending`` at all times (an item still pending
-    at ``close`` counts as dropped). Puts after ``close`` are ignored and not counted.
+    Counters (over all keys) obey ``dropped == received - taken - pending`` at all times (items still
+    pending at ``close`` count as dropped). Puts after ``close`` are ignored and not counted.
     """
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._item: T | None = None
-        self._has_item = False
+        self._items: dict[Hashable, T] = {}
         self._closed = False
         self._received = 0
         self._dropped = 0
         self._taken = 0
 
-    def put(self, item: T) -> bool:
-        """Offer ``item``; True if it replaced a pending item (that one is dropped)."""
+    def put(self, item: T, key: Hashable = "") -> bool:
+        """Offer ``item`` under ``key``; True if it replaced a pending item of that key (that one is dropped)."""
         with self._cond:
             if self._closed:
                 return False
-            replaced = self._has_item
+            replaced = key in self._items
             self._received += 1
             self._dropped += replaced
-            self._item, self._has_item = item, True
+            self._items[key] = item
             self._cond.notify()
             return replaced
 
-    def take(self, timeout: float | None = None) -> T | None:
-        """The pending item, waiting up to ``timeout`` s (None: forever); None on timeout or close."""
+    def take_all(self, timeout: float | None = None) -> list[T]:
+        """The pending items of every key, oldest key first, waiting up to ``timeout`` s (None: forever)
+        for one; an empty list on timeout or close."""
         with self._cond:
-            self._cond.wait_for(lambda: self._has_item or self._closed, timeout)
-            if self._closed or not self._has_item:
+            self._cond.wait_for(lambda: bool(self._items) or self._closed, timeout)
+            if self._closed:
+                return []
+            items = list(self._items.values())
+            self._items.clear()
+            self._taken += len(items)
+            return items
+
+    def take(self, timeout: float | None = None) -> T | None:
+        """One pending item (the oldest key's), waiting up to ``timeout`` s; None on timeout or close."""
+        with self._cond:
+            self._cond.wait_for(lambda: bool(self._items) or self._closed, timeout)
+            if self._closed or not self._items:
                 return None
-            item, self._item, self._has_item = self._item, None, False
+            key = next(iter(self._items))
             self._taken += 1
-            return item
+            return self._items.pop(key)
 
     def close(self) -> None:
-        """Wake every waiting ``take``; from now on takes return None and puts are ignored."""
+        """Wake every waiting take; from now on takes return nothing and puts are ignored."""
         with self._cond:
             if not self._closed:
                 self._closed = True
-                self._dropped += self._has_item
-                self._item, self._has_item = None, False
+                self._dropped += len(self._items)
+                self._items.clear()
             self._cond.notify_all()
 
     @property
@@ -86,9 +99,9 @@ class LatestSlot(Generic[T]):
 
     @property
     def pending(self) -> int:
-        """1 if an item waits to be taken, else 0."""
+        """How many items wait to be taken (at most one per key)."""
         with self._cond:
-            return int(self._has_item)
+            return len(self._items)
 
 
 class LatencyStats:

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 from vpr_ros.loop_closure.policy import Decision, LoopClosureConfig
 from vpr_ros.maps.place_map import PlaceMap
@@ -22,9 +23,9 @@ def _stamp(ns: int) -> dict[str, int]:
     return {"sec": sec, "nanosec": nanosec}
 
 
-def matches_record(decision: Decision, place_map: PlaceMap, stamp_ns: int, frame_id: str) -> dict:
+def matches_record(decision: Decision, place_map: PlaceMap, stamp_ns: int, frame_id: str, camera: str = "") -> dict:
     """The ``~/matches`` record (schema ``vpr_ros/matches`` v1): every candidate with score, stamp,
-    pose and verification inliers, which one was accepted, and why not when none was."""
+    pose, camera and verification inliers, which one was accepted, and why not when none was."""
     accepted_id = decision.accepted.id if decision.accepted else None
     candidates = []
     for c in decision.candidates:
@@ -33,8 +34,8 @@ def matches_record(decision: Decision, place_map: PlaceMap, stamp_ns: int, frame
             "position": list(place.pose.position), "orientation": list(place.pose.orientation),
             "frame_id": place.pose.frame_id}
         candidates.append({"id": c.id, "score": round(c.score, 6), "stamp": _stamp(place.stamp_ns), "pose": pose,
-                           "inliers": c.inliers, "accepted": c.id == accepted_id})
-    return {**MATCHES_SCHEMA, "query": {"stamp": _stamp(stamp_ns), "frame_id": frame_id},
+                           "camera": place.camera, "inliers": c.inliers, "accepted": c.id == accepted_id})
+    return {**MATCHES_SCHEMA, "query": {"stamp": _stamp(stamp_ns), "frame_id": frame_id, "camera": camera},
             "candidates": candidates, "accepted_id": accepted_id, "reason": decision.reason,
             "map_size": len(place_map)}
 
@@ -68,3 +69,19 @@ def match_prior(decision: Decision, place_map: PlaceMap, config: LoopClosureConf
     full[:3, :3] = cov + np.eye(3) * MIN_POSITION_STD_M**2
     full[3:, 3:] = np.eye(3) * HEADING_STD_RAD**2
     return MatchPrior(pose, full)
+
+
+def camera_prior(prior: MatchPrior, base_to_camera: Pose | None) -> MatchPrior:
+    """The prior as a pose of the camera that saw the place rather than of the robot base: places store
+    the odometry pose (the base), a consumer like RTAB-Map's ``global_pose`` wants the sensor's pose and
+    moves it to the base with its own TF. ``base_to_camera`` is that camera in the base frame (None:
+    the camera is at the base). The query camera is taken to stand where the place's camera stood, so the
+    covariance (in the map frame) is kept."""
+    if base_to_camera is None:
+        return prior
+    base = Rotation.from_quat(prior.pose.orientation)
+    offset = Rotation.from_quat(base_to_camera.orientation)
+    position = np.asarray(prior.pose.position) + base.apply(np.asarray(base_to_camera.position, np.float64))
+    pose = Pose(tuple(float(v) for v in position), tuple(float(v) for v in (base * offset).as_quat()),
+                prior.pose.frame_id)
+    return MatchPrior(pose, prior.covariance)

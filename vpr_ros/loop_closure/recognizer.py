@@ -5,11 +5,17 @@ publishes; the ROS node only converts messages, runs this on its worker thread a
 In ``localize`` mode the map is fixed (another run's map: no exclusion window); in ``slam`` mode
 every described frame is queried first and then added as a place, with the odometry pose
 interpolated at its stamp.
+
+Several cameras share one map: each camera has its own keyframe gate and its own consistency
+history (a match is confirmed by the same camera's next frames), the frames of all cameras that
+are waiting are described in one batch, and a place seen by one camera may close a loop for
+another (the rear camera passing a place the front camera saw).
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Literal
 
@@ -28,64 +34,114 @@ from vpr_ros.types import Pose, ns_to_pair, ns_to_seconds
 Mode = Literal["localize", "slam"]
 
 
+@dataclass(frozen=True)
+class CameraFrame:
+    """One decoded frame as the recognizer takes it."""
+
+    rgb: np.ndarray
+    stamp_ns: int  # header.stamp, integer nanoseconds
+    frame_id: str = ""  # the camera's frame (header.frame_id, or the configured one)
+    source: str = ""  # where it came from (the topic), stored with the place
+    camera: str = ""  # camera name; "" for a single camera
+
+
 @dataclass
 class Outcome:
     """What one described frame produced."""
 
+    frame: CameraFrame
     decision: Decision
     record: dict  # the ~/matches JSON record
     prior: MatchPrior | None  # pose prior of the accepted place
     current: Pose | None  # slam: the frame's own interpolated odometry pose
     added_id: int | None  # slam: the place id the frame was stored under
-    model_seconds: float
+    model_seconds: float  # the model's time for the whole batch the frame was described in
+
+
+class _Camera:
+    """Per-camera state: keyframe gate and consistency history."""
+
+    def __init__(self, place_map: PlaceMap, config: LoopClosureConfig, min_period: float) -> None:
+        self.keyframes = KeyframeSelector(min_period)
+        self.detector = LoopClosureDetector(place_map, config)
 
 
 class PlaceRecognizer:
-    """Frames in, decisions out, for one camera stream against one place map."""
+    """Frames in, decisions out, for one or more camera streams against one place map."""
 
     def __init__(self, extractor: DescriptorExtractor, place_map: PlaceMap, config: LoopClosureConfig,
                  mode: Mode = "localize", min_period: float = 0.0, pose_max_gap: float = 0.5) -> None:
         if mode not in ("localize", "slam"):
             raise InputError(f"mode must be localize or slam, got {mode!r}")
         self.extractor, self.map, self.mode = extractor, place_map, mode
-        self.detector = LoopClosureDetector(place_map, config)
-        self.keyframes = KeyframeSelector(min_period)
+        self._config, self._min_period = config, min_period
+        KeyframeSelector(min_period)  # validates min_period now rather than at the first frame
+        self._cameras: dict[str, _Camera] = {}
         self.poses = PoseBuffer(max_gap_s=pose_max_gap)
 
     @property
     def config(self) -> LoopClosureConfig:
-        return self.detector.config
+        return self._config
+
+    @property
+    def skipped(self) -> Counter[str]:
+        """Frames the keyframe gates dropped, by gate, over all cameras."""
+        return sum((c.keyframes.skipped for c in self._cameras.values()), Counter())
+
+    def _camera(self, name: str) -> _Camera:
+        if name not in self._cameras:
+            self._cameras[name] = _Camera(self.map, self._config, self._min_period)
+        return self._cameras[name]
 
     def configure(self, config: LoopClosureConfig, min_period: float) -> None:
-        """Run-time changes of the gates (node parameters)."""
-        self.keyframes.configure(min_period)
-        self.detector.set_config(config)
+        """Run-time changes of the gates (node parameters), for every camera."""
+        KeyframeSelector(min_period)
+        self._config, self._min_period = config, min_period
+        for cam in self._cameras.values():
+            cam.keyframes.configure(min_period)
+            cam.detector.set_config(config)
 
     def reset(self) -> None:
-        """Forget the consistency history and the keyframe timer; the map stays."""
-        self.detector.reset()
-        self.keyframes.reset()
+        """Forget the consistency histories and the keyframe timers; the map stays."""
+        for cam in self._cameras.values():
+            cam.detector.reset()
+            cam.keyframes.reset()
 
-    def wants(self, stamp_ns: int) -> bool:
-        """Keyframe gate, checked before a frame is decoded (skipped frames cost nothing)."""
-        return self.keyframes.sample(ns_to_seconds(stamp_ns))
+    def wants(self, stamp_ns: int, camera: str = "") -> bool:
+        """Keyframe gate of ``camera``, checked before a frame is decoded (skipped frames cost nothing)."""
+        return self._camera(camera).keyframes.sample(ns_to_seconds(stamp_ns))
 
-    def process(self, rgb: np.ndarray, stamp_ns: int, frame_id: str = "", source: str = "") -> Outcome:
+    def process(self, rgb: np.ndarray, stamp_ns: int, frame_id: str = "", source: str = "",
+                camera: str = "") -> Outcome:
         """Describe one frame, decide, and in slam mode add it to the map (after querying)."""
+        return self.process_batch([CameraFrame(rgb, stamp_ns, frame_id, source, camera)])[0]
+
+    def process_batch(self, frames: list[CameraFrame]) -> list[Outcome]:
+        """Describe frames (one per camera, typically) in one batch; then per frame, in order: decide
+        against the map, and in slam mode add it. All frames are queried before any is added, so
+        frames of one batch never match each other."""
+        if not frames:
+            return []
         verify = self.config.verify  # also decides whether slam keyframes keep their tokens
         started = time.monotonic()
-        feats = self.extractor.extract([rgb], patch_tokens=verify)
+        feats = self.extractor.extract([f.rgb for f in frames], patch_tokens=verify)
         model_seconds = time.monotonic() - started
-        desc = feats.descriptors[0]
-        local = compress_tokens(feats.patch_tokens[0], self.extractor.image_size) if verify else None
-        stamp = ns_to_seconds(stamp_ns)
-        decision = self.detector.process(desc, stamp, local)
-        record = matches_record(decision, self.map, stamp_ns, frame_id)
-        prior = match_prior(decision, self.map, self.config)
-        current, added = None, None
+        outcomes, tokens = [], []
+        for i, frame in enumerate(frames):
+            desc = feats.descriptors[i]
+            local = compress_tokens(feats.patch_tokens[i], self.extractor.image_size) if verify else None
+            tokens.append(None if local is None else local.to_bytes())
+            decision = self._camera(frame.camera).detector.process(desc, ns_to_seconds(frame.stamp_ns), local)
+            record = matches_record(decision, self.map, frame.stamp_ns, frame.frame_id, frame.camera)
+            prior = match_prior(decision, self.map, self.config)
+            outcomes.append(Outcome(frame, decision, record, prior, None, None, model_seconds))
         if self.mode == "slam":
-            current = self.poses.lookup(stamp)
-            added = int(self.map.add(desc[None], [ns_to_pair(stamp_ns)], poses=[current],
-                                     frame_ids=[frame_id], sources=[source],
-                                     local_features=[local.to_bytes() if local is not None else None])[0])
-        return Outcome(decision, record, prior, current, added, model_seconds)
+            for out in outcomes:
+                out.current = self.poses.lookup(ns_to_seconds(out.frame.stamp_ns))
+            ids = self.map.add(feats.descriptors, [ns_to_pair(o.frame.stamp_ns) for o in outcomes],
+                               poses=[o.current for o in outcomes], frame_ids=[f.frame_id for f in frames],
+                               sources=[f.source for f in frames], local_features=tokens,
+                               cameras=[f.camera for f in frames])
+            for out, pid in zip(outcomes, ids, strict=True):
+                out.added_id = int(pid)
+        return outcomes

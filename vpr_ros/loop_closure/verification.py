@@ -43,6 +43,7 @@ from vpr_ros.types import PATCH_SIZE
 _MAGIC = b"VPRL"
 _VERSION = 1
 _HEADER = struct.Struct("<4sB3xHHHHHHI")  # magic, version, pad, h, w, dim, H, W, C, seed -> 24 B
+MIN_MATCH_SIMILARITY = 0.5  # patch cosine a mutual match needs, in verification and in the match plots
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,7 @@ def compress_tokens(
 
 
 def match_mutual_nn(
-    a: LocalFeatures, b: LocalFeatures, min_similarity: float = 0.5
+    a: LocalFeatures, b: LocalFeatures, min_similarity: float = MIN_MATCH_SIMILARITY
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mutual nearest neighbours by cosine similarity: (pts_a [M,2], pts_b [M,2], scores [M])."""
     if (a.tokens.shape[-1], a.source_dim, a.seed) != (b.tokens.shape[-1], b.source_dim, b.seed):
@@ -179,7 +180,7 @@ def verify(
     candidate: LocalFeatures,
     min_inliers: int = 20,
     ransac_threshold: float = 20.0,
-    min_similarity: float = 0.5,
+    min_similarity: float = MIN_MATCH_SIMILARITY,
 ) -> Verification:
     """MNN matches + MAGSAC homography; accepted with ``>= min_inliers`` inliers.
 

@@ -47,13 +47,15 @@ MAX_MANIFEST_BYTES = 1 << 20  # manifests are ~1 KB; a bigger file is not read i
 @dataclass(frozen=True)
 class Place(Stamped):
     """One stored place. ``source`` says where its image can be read again: ``"<bag path>#<image topic>"``
-    for maps built from bags, the image topic for places a live node added, empty when unknown."""
+    for maps built from bags, the image topic for places a live node added, empty when unknown.
+    ``camera`` names the camera that saw it on a robot with several (empty for a single camera)."""
 
     id: int
     stamp_ns: int  # header.stamp of the image, integer nanoseconds
     frame_id: str
     pose: Pose | None
     source: str
+    camera: str = ""
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ class _Columns:
         self.frame = np.zeros(0, np.int32)  # index into self.strings
         self.pose_frame = np.zeros(0, np.int32)
         self.source = np.zeros(0, np.int32)
+        self.camera = np.zeros(0, np.int32)
         self.strings: list[str] = []
         self._string_ids: dict[str, int] = {}
 
@@ -100,7 +103,7 @@ class _Columns:
         if need <= len(self.ns):
             return
         cap = max(need, 2 * len(self.ns), 1024)
-        for name in ("ns", "alive", "pose", "frame", "pose_frame", "source"):
+        for name in ("ns", "alive", "pose", "frame", "pose_frame", "source", "camera"):
             old = getattr(self, name)
             new = np.zeros((cap, *old.shape[1:]), old.dtype)
             new[: self.n] = old[: self.n]
@@ -156,20 +159,25 @@ class PlaceMap:
     def add(
         self,
         descriptors: np.ndarray,
-        stamps: Sequence[Stamp],
+        stamps: Sequence[Stamp] | None = None,
         poses: Sequence[Pose | None] | None = None,
         frame_ids: Sequence[str] | None = None,
         sources: Sequence[str] | None = None,
         local_features: Sequence[bytes | None] | None = None,
+        cameras: Sequence[str] | None = None,
     ) -> np.ndarray:
-        """Add places; returns their new ids (int64). Descriptors must be unit vectors."""
+        """Add places; returns their new ids (int64). Descriptors must be unit vectors.
+
+        ``stamps`` default to 0 s: enough for retrieval, but the loop-closure exclusion window and
+        calibration tell places apart by their stamps.
+        """
         x = self._check_descriptors(descriptors)
         n = len(x)
         for name, seq in (("stamps", stamps), ("poses", poses), ("frame_ids", frame_ids), ("sources", sources),
-                          ("local_features", local_features)):
+                          ("local_features", local_features), ("cameras", cameras)):
             if seq is not None and len(seq) != n:
                 raise InputError(f"{name} has {len(seq)} entries for {n} descriptors")
-        parsed = [to_ns(s) for s in stamps]
+        parsed = [0] * n if stamps is None else [to_ns(s) for s in stamps]
         with self._lock:
             c = self.cols
             ids = np.arange(c.n, c.n + n, dtype=np.int64)
@@ -179,6 +187,7 @@ class PlaceMap:
             c.alive[rows] = True
             c.frame[rows] = [c.intern(f) for f in frame_ids or [""] * n]
             c.source[rows] = [c.intern(s) for s in sources or [""] * n]
+            c.camera[rows] = [c.intern(s) for s in cameras or [""] * n]
             c.pose[rows] = np.nan
             for i, pose in enumerate(poses or []):
                 if pose is not None:
@@ -227,12 +236,16 @@ class PlaceMap:
         exclude_newer_than: Stamp | None = None,
         exclude_last: int = 0,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` places per query: ``(scores [nq, k] float32, ids [nq, k] int64)``.
+        """Top-``k`` places per query: ``(scores [nq, k] float32, ids [nq, k] int64)`` for queries
+        ``[nq, D]``; ``(scores [k], ids [k])`` for one query given as a vector ``[D]``.
 
         Places stamped after ``exclude_newer_than`` and the ``exclude_last`` most recently added
         places are skipped (the loop-closure exclusion window). Missing results are id -1 with
         score -inf.
         """
+        if np.ndim(queries) == 1:  # one query vector: results without the query axis
+            scores, ids = self.search(np.reshape(queries, (1, -1)), k, exclude_newer_than, exclude_last)
+            return scores[0], ids[0]
         q = self._check_descriptors(queries)
         if k < 1:
             raise InputError(f"k must be >= 1, got {k}")
@@ -272,7 +285,7 @@ class PlaceMap:
         if not np.isnan(row[0]):
             pose = Pose(tuple(row[:3].tolist()), tuple(row[3:].tolist()), c.strings[c.pose_frame[pid]])
         return Place(pid, int(c.ns[pid]), c.strings[c.frame[pid]], pose,
-                     c.strings[c.source[pid]])
+                     c.strings[c.source[pid]], c.strings[c.camera[pid]])
 
     def ids(self) -> np.ndarray:
         """Ids of the places in the map, in insertion order."""
@@ -364,7 +377,7 @@ class PlaceMap:
             con.executescript(
                 "CREATE TABLE places (id INTEGER PRIMARY KEY, sec INTEGER, nanosec INTEGER, frame_id TEXT,"
                 " px REAL, py REAL, pz REAL, qx REAL, qy REAL, qz REAL, qw REAL, pose_frame TEXT,"
-                " source TEXT, removed INTEGER, hidden INTEGER);"
+                " source TEXT, removed INTEGER, hidden INTEGER, camera TEXT);"
                 "CREATE TABLE local_features (id INTEGER PRIMARY KEY, data BLOB);"
             )
             rows = []
@@ -374,8 +387,8 @@ class PlaceMap:
                 rows.append((pid, *ns_to_pair(c.ns[pid]), c.strings[c.frame[pid]],
                              *(pose.tolist() if has else [None] * 7),
                              c.strings[c.pose_frame[pid]] if has else None, c.strings[c.source[pid]],
-                             int(not c.alive[pid]), int(pid in self.tombstones)))
-            con.executemany("INSERT INTO places VALUES (" + ",".join("?" * 15) + ")", rows)
+                             int(not c.alive[pid]), int(pid in self.tombstones), c.strings[c.camera[pid]]))
+            con.executemany("INSERT INTO places VALUES (" + ",".join("?" * 16) + ")", rows)
             con.executemany("INSERT INTO local_features VALUES (?, ?)", self.local_features.items())
             con.commit()
         finally:
@@ -441,7 +454,9 @@ class PlaceMap:
             # immutable: read exactly the bytes the checksum covered, never a leftover journal, and create no files
             con = sqlite3.connect(f"{file.absolute().as_uri()}?mode=ro&immutable=1", uri=True)
             try:
-                rows = con.execute(f"SELECT {_PLACE_COLUMNS} FROM places ORDER BY id").fetchall()
+                columns = {row[1] for row in con.execute("PRAGMA table_info(places)")}
+                camera = "camera" if "camera" in columns else "''"  # maps saved before cameras had names
+                rows = con.execute(f"SELECT {_PLACE_COLUMNS}, {camera} FROM places ORDER BY id").fetchall()
                 features = con.execute("SELECT id, data FROM local_features ORDER BY id").fetchall()
             finally:
                 con.close()
@@ -449,14 +464,16 @@ class PlaceMap:
             raise CorruptMapError(f"{file} is not a readable places database: {exc}") from exc
         c = self.cols
         c.grow(len(rows))
-        for pid, sec, nsec, frame, *pose, pose_frame, source, removed, hidden in rows:
+        for pid, sec, nsec, frame, *pose, pose_frame, source, removed, hidden, camera in rows:
             if type(pid) is not int or pid != c.n:
                 raise CorruptMapError(f"{file}: place ids are not contiguous at {pid!r} (expected {c.n})")
             why = _bad_place(sec, nsec, frame, pose, pose_frame, source, removed, hidden)
+            if not why and not isinstance(camera, str):
+                why = f"camera {camera!r} that is not text"
             if why:
                 raise CorruptMapError(f"{file}: place {pid} has {why}; restore the map or rebuild it")
             c.ns[pid], c.alive[pid] = sec * NS_PER_S + nsec, not removed
-            c.frame[pid], c.source[pid] = c.intern(frame), c.intern(source)
+            c.frame[pid], c.source[pid], c.camera[pid] = c.intern(frame), c.intern(source), c.intern(camera)
             c.pose[pid] = np.nan if pose[0] is None else pose
             c.pose_frame[pid] = c.intern(pose_frame or "")
             if hidden:

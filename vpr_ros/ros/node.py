@@ -4,9 +4,9 @@ A thin shell: messages are converted by :mod:`vpr_ros.image_msgs`; the keyframe 
 descriptor, the loop-closure decision, the ``~/matches`` record, the pose prior and the slam
 map upkeep come from :class:`vpr_ros.loop_closure.recognizer.PlaceRecognizer`.
 
-Concurrency: subscription callbacks only drop the message into a one-frame slot (the newest frame
-wins, replaced frames are counted as dropped); one worker thread runs the model, so the node never
-builds a backlog however slow the model is.
+Concurrency: subscription callbacks only drop the message into a one-frame slot per camera (the
+newest frame wins, replaced frames are counted as dropped); one worker thread describes the waiting
+frames of all cameras in one batch, so the node never builds a backlog however slow the model is.
 
 Run: ``python -m vpr_ros.ros.node --ros-args --params-file config/localize.yaml``.
 """
@@ -32,6 +32,7 @@ from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import ColorRGBA, Float64MultiArray, String
@@ -40,14 +41,16 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from vpr_ros.bags.poses import pose_from_msg
 from vpr_ros.errors import MapSaveError, VprError
-from vpr_ros.extractor import DescriptorExtractor, load_extractor
+from vpr_ros.extractor import DescriptorExtractor, load_extractor, resolve_device
 from vpr_ros.frame_slot import LatencyStats, LatestSlot
 from vpr_ros.health import HealthMonitor
 from vpr_ros.image_msgs import image_to_rgb, stamp_of
-from vpr_ros.loop_closure.matches import MatchPrior
-from vpr_ros.loop_closure.recognizer import Outcome, PlaceRecognizer
+from vpr_ros.loop_closure.matches import MatchPrior, camera_prior
+from vpr_ros.loop_closure.recognizer import CameraFrame, Outcome, PlaceRecognizer
 from vpr_ros.maps.place_map import PlaceMap
-from vpr_ros.ros.params import PARAMS, RUNTIME, check_choice, loop_closure_config
+from vpr_ros.models.onnx_model import is_onnx_file
+from vpr_ros.ros import params as node_params
+from vpr_ros.ros.params import PARAMS, RUNTIME, Camera, check_choice, loop_closure_config
 from vpr_ros.types import ModelIdentity, Pose, ns_to_pair, to_ns
 
 NODE_NAME = "vpr_localize"
@@ -61,13 +64,15 @@ class LocalizeNode(Node):
     def __init__(self) -> None:
         super().__init__(NODE_NAME)
         self._declare_parameters()
-        p = {name: self.get_parameter(name).value for name in PARAMS}
+        p = {name: self.get_parameter_or(name).value for name in PARAMS}
+        p["cameras"] = list(p["cameras"] or [])
         for name in PARAMS:
             if reason := check_choice(name, p[name]):
                 raise StartupError(reason)
         self.mode: str = p["mode"]
         self.map_frame: str = p["map_frame"]
         self.map_path = Path(p["map"]) if p["map"] else None
+        self.cameras = self._camera_list(p)
         self.extractor = self._load_model(p)
         self.map = self._open_map(p, self.extractor.identity)
         self.calibrated = None if self.map.calibration is None else float(self.map.calibration["threshold"])
@@ -75,17 +80,20 @@ class LocalizeNode(Node):
         self.recognizer = PlaceRecognizer(self.extractor, self.map, config, self.mode,
                                           float(p["min_period"]), float(p["pose_max_gap"]))
 
-        self.slot: LatestSlot = LatestSlot()
+        self.slot: LatestSlot = LatestSlot()  # one slot per camera
         self.latency = LatencyStats()  # frame received -> outputs published
         self.model_time = LatencyStats()  # the model's share of it
         self.processed = self.rejected = self.save_failures = self.poses_rejected = 0
-        raw, compressed = self._image_topics(p["image_topic"])
-        self.health = HealthMonitor(frame_timeout=float(p["frame_timeout"]), sources=f"{raw} and {compressed}")
+        self.global_pose_skipped = 0  # accepted matches without a camera frame to publish ~/global_pose in
+        topics = {cam.name: self._image_topics(cam.image_topic) for cam in self.cameras}
+        listening = " and ".join(t for pair in topics.values() for t in pair)
+        self.health = HealthMonitor(frame_timeout=float(p["frame_timeout"]), sources=listening)
         self._lock = threading.Lock()  # guards the counters and the pose of the last frame
 
         latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.pub_loop = self.create_publisher(Float64MultiArray, "~/loop_closure", 10)
         self.pub_pose = self.create_publisher(PoseWithCovarianceStamped, "~/match_pose", 10)
+        self.pub_global = self.create_publisher(PoseWithCovarianceStamped, "~/global_pose", 10)
         self.pub_matches = self.create_publisher(String, "~/matches", 10)
         self.pub_markers = self.create_publisher(MarkerArray, "~/markers", latched)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -93,8 +101,11 @@ class LocalizeNode(Node):
         qos = qos_profile_sensor_data
         if p["reliable"]:
             qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
-        self.create_subscription(Image, raw, lambda m: self._on_image(m, raw), qos)
-        self.create_subscription(CompressedImage, compressed, lambda m: self._on_image(m, compressed), qos)
+        for cam in self.cameras:
+            raw, compressed = topics[cam.name]
+            self.create_subscription(Image, raw, lambda m, c=cam, t=raw: self._on_image(m, c, t), qos)
+            self.create_subscription(CompressedImage, compressed,
+                                     lambda m, c=cam, t=compressed: self._on_image(m, c, t), qos)
         if self.mode == "slam":
             self.create_subscription(Odometry, "odom", self._on_pose, 50)
             self.create_subscription(PoseStamped, "pose", self._on_pose, 50)
@@ -112,7 +123,7 @@ class LocalizeNode(Node):
             f"{self.mode} mode, {self.extractor.model.cfg.describe()} on {self.extractor.device}, "
             f"map {self.map_path or '(in memory)'} with {len(self.map)} places, threshold {config.threshold:.4f}"
             f"{' (calibrated)' if math.isnan(p['threshold']) and self.calibrated is not None else ''}, "
-            f"listening on {raw} and {compressed}"
+            f"listening on {listening}"
         )
 
     # -- setup ---------------------------------------------------------------------------------
@@ -127,7 +138,31 @@ class LocalizeNode(Node):
                 desc.integer_range = [IntegerRange(from_value=int(spec.range[0]), to_value=int(spec.range[1]))]
             if spec.choices:
                 desc.additional_constraints = "one of: " + ", ".join(spec.choices)
-            self.declare_parameter(name, spec.default, desc)
+            # an empty list has no element type for rclpy: declare it as a string array without a value
+            default = Parameter.Type.STRING_ARRAY if spec.default == [] else spec.default
+            self.declare_parameter(name, default, desc)
+
+    def _camera_list(self, p: dict[str, Any]) -> list[Camera]:
+        """The cameras: one on ``image_topic``, or the named ones of ``cameras`` with their own parameters
+        (``<name>.image_topic``, ``<name>.camera_frame``, ``<name>.camera_pose``)."""
+        try:
+            if not p["cameras"]:
+                pose = node_params.camera_pose("camera_pose", p["camera_pose"])
+                return [Camera("", p["image_topic"], p["camera_frame"], pose)]
+            node_params.check_camera_names(p["cameras"])
+            cameras = []
+            for name in p["cameras"]:
+                values = {}
+                for key in node_params.CAMERA_PARAMS:
+                    spec = PARAMS[key]
+                    default = f"{name}/image" if key == "image_topic" else spec.default
+                    desc = ParameterDescriptor(description=f"camera {name}: {spec.description}", read_only=True)
+                    values[key] = self.declare_parameter(f"{name}.{key}", default, desc).value
+                cameras.append(Camera(name, values["image_topic"], values["camera_frame"],
+                                      node_params.camera_pose(f"{name}.camera_pose", values["camera_pose"])))
+            return cameras
+        except VprError as exc:
+            raise StartupError(str(exc)) from exc
 
     def _image_topics(self, name: str) -> tuple[str, str]:
         """The raw topic and its ``/compressed`` sibling, both after remapping: a remap of the raw
@@ -148,8 +183,10 @@ class LocalizeNode(Node):
         if size == (0, 0):  # not set: the existing map's size, else the checkpoint's .json, else 322x322
             model = PlaceMap.info(self.map_path).model if self.map_path and PlaceMap.exists(self.map_path) else None
             size = None if model is None else model.image_size
+        # on a GPU each frame is one CUDA-graph replay of upload, resize, model and download (docs/gpu.md)
+        gpu = not is_onnx_file(p["checkpoint"]) and resolve_device(p["device"]).type == "cuda"
         extractor = load_extractor(p["checkpoint"], p["model_config"] or None, size, p["device"], p["precision"],
-                                   batch_size=1)
+                                   batch_size=len(self.cameras), mode="latency" if gpu else "standard")
         extractor.warmup(1)
         return extractor
 
@@ -165,9 +202,9 @@ class LocalizeNode(Node):
 
     # -- callbacks -------------------------------------------------------------------------------
 
-    def _on_image(self, msg: Image | CompressedImage, topic: str) -> None:
+    def _on_image(self, msg: Image | CompressedImage, camera: Camera, topic: str) -> None:
         self.health.received()
-        self.slot.put((msg, time.monotonic(), topic))
+        self.slot.put((msg, time.monotonic(), topic, camera), key=camera.name)
 
     def _on_pose(self, msg: Odometry | PoseStamped) -> None:
         try:
@@ -224,50 +261,78 @@ class LocalizeNode(Node):
     # -- the worker --------------------------------------------------------------------------------
 
     def _work(self) -> None:
-        while (item := self.slot.take()) is not None:
-            msg, received, topic = item
+        while items := self.slot.take_all():
+            frames, received = [], []
+            for msg, when, topic, camera in items:  # each frame is gated and decoded on its own
+                try:
+                    if frame := self._decode(msg, topic, camera):
+                        frames.append(frame)
+                        received.append(when)
+                except VprError as exc:  # a bad frame: counted and dropped, the other cameras' frames go on
+                    self._reject()
+                    self.get_logger().warning(f"dropping a frame on {topic}: {exc}", throttle_duration_sec=5.0)
+            if not frames:
+                continue
             try:
-                self._process(msg, received, topic)
-            except VprError as exc:  # a bad frame, a non-finite descriptor: counted and dropped
-                self._reject()
-                self.get_logger().warning(f"dropping a frame on {topic}: {exc}", throttle_duration_sec=5.0)
+                self._process(frames, received)
+            except VprError as exc:  # a non-finite descriptor: counted and dropped
+                self._reject(len(frames))
+                self.get_logger().warning(f"dropping {len(frames)} frame(s): {exc}", throttle_duration_sec=5.0)
             except Exception as exc:  # keep serving: one failure must not stop localisation
-                self._reject()
+                self._reject(len(frames))
                 self.get_logger().error(f"frame failed: {type(exc).__name__}: {exc}", throttle_duration_sec=5.0)
 
-    def _reject(self) -> None:
+    def _reject(self, count: int = 1) -> None:
         with self._lock:
-            self.rejected += 1
-        self.health.frame(rejected=True)
+            self.rejected += count
+        for _ in range(count):
+            self.health.frame(rejected=True)
 
-    def _process(self, msg: Image | CompressedImage, received: float, topic: str) -> None:
+    def _decode(self, msg: Image | CompressedImage, topic: str, camera: Camera) -> CameraFrame | None:
+        """The frame for the recognizer, or None when the camera's keyframe gate skips it (before decoding)."""
         stamp_ns = to_ns(stamp_of(msg))
-        if not self.recognizer.wants(stamp_ns):
-            return
-        outcome = self.recognizer.process(image_to_rgb(msg), stamp_ns, msg.header.frame_id, topic)
-        self.model_time.add(outcome.model_seconds)
-        self._publish(outcome, ns_to_pair(stamp_ns))
-        self.health.frame(rejected=False)
-        with self._lock:
-            self.processed += 1
-        self.latency.add(time.monotonic() - received)
+        if not self.recognizer.wants(stamp_ns, camera.name):
+            return None
+        return CameraFrame(image_to_rgb(msg), stamp_ns, camera.frame or msg.header.frame_id, topic, camera.name)
+
+    def _process(self, frames: list[CameraFrame], received: list[float]) -> None:
+        outcomes = self.recognizer.process_batch(frames)
+        for outcome, when in zip(outcomes, received, strict=True):
+            self.model_time.add(outcome.model_seconds)
+            self._publish(outcome)
+            self.health.frame(rejected=False)
+            with self._lock:
+                self.processed += 1
+            self.latency.add(time.monotonic() - when)
 
     # -- publishing ------------------------------------------------------------------------------
 
-    def _publish(self, outcome: Outcome, stamp: tuple[int, int]) -> None:
+    def _publish(self, outcome: Outcome) -> None:
         self.pub_matches.publish(String(data=json.dumps(outcome.record)))
         accepted = outcome.decision.accepted
         if accepted is None:
             return
+        stamp = ns_to_pair(outcome.frame.stamp_ns)
         self.pub_loop.publish(Float64MultiArray(data=[outcome.decision.stamp, accepted.stamp]))
+        place = self.map.place(accepted.id)
         if outcome.prior is not None:
-            self.pub_pose.publish(self._match_pose(outcome.prior, stamp))
-        self._publish_markers(self.map.place(accepted.id).pose, outcome.current)
+            self.pub_pose.publish(self._pose_msg(outcome.prior, stamp, outcome.prior.pose.frame_id or self.map_frame))
+            if outcome.frame.frame_id:  # RTAB-Map's convention: the camera's pose, in the camera's frame_id
+                seen_by = next((c for c in self.cameras if c.name == place.camera), None)
+                prior = camera_prior(outcome.prior, seen_by.base_to_camera if seen_by else None)
+                self.pub_global.publish(self._pose_msg(prior, stamp, outcome.frame.frame_id))
+            else:
+                with self._lock:
+                    self.global_pose_skipped += 1
+                self.get_logger().warning("no ~/global_pose: the image has no header.frame_id; set camera_frame",
+                                          throttle_duration_sec=30.0)
+        self._publish_markers(place.pose, outcome.current)
 
-    def _match_pose(self, prior: MatchPrior, stamp: tuple[int, int]) -> PoseWithCovarianceStamped:
+    @staticmethod
+    def _pose_msg(prior: MatchPrior, stamp: tuple[int, int], frame_id: str) -> PoseWithCovarianceStamped:
         out = PoseWithCovarianceStamped()
         out.header.stamp.sec, out.header.stamp.nanosec = stamp
-        out.header.frame_id = prior.pose.frame_id or self.map_frame
+        out.header.frame_id = frame_id
         pp = out.pose.pose
         pp.position.x, pp.position.y, pp.position.z = prior.pose.position
         pp.orientation.x, pp.orientation.y, pp.orientation.z, pp.orientation.w = prior.pose.orientation
@@ -305,8 +370,9 @@ class LocalizeNode(Node):
     def _publish_diagnostics(self) -> None:
         with self._lock:
             counts = {"frames processed": self.processed, "frames rejected": self.rejected,
-                      "frames skipped (keyframe period)": self.recognizer.keyframes.skipped["period"],
-                      "map save failures": self.save_failures, "poses rejected": self.poses_rejected}
+                      "frames skipped (keyframe period)": self.recognizer.skipped["period"],
+                      "map save failures": self.save_failures, "poses rejected": self.poses_rejected,
+                      "global poses skipped (no camera frame)": self.global_pose_skipped}
         counts = {"frames received": self.slot.received, "frames dropped (busy)": self.slot.dropped, **counts}
         values = {**counts, "latency p50 ms": f"{1000 * self.latency.percentile(50):.1f}",
                   "latency p95 ms": f"{1000 * self.latency.percentile(95):.1f}",

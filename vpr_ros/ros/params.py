@@ -11,8 +11,12 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from vpr_ros.errors import InputError
 from vpr_ros.loop_closure.policy import LoopClosureConfig
+from vpr_ros.types import Pose
 
+IDENTITY = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0)  # x y z qx qy qz qw
+CAMERA_PARAMS = ("image_topic", "camera_frame", "camera_pose")  # what each of several cameras sets
 DEFAULT_THRESHOLD = 0.6  # without a calibration: a cosine similarity SALAD revisits usually exceed
 
 
@@ -37,6 +41,11 @@ PARAMS: dict[str, Spec] = {
                                "the checkpoint's .json, else 322x322", True),
     "image_topic": Spec("image", "camera topic; its /compressed sibling is subscribed too (a remap of 'image' "
                                  "moves both)", True),
+    "camera_frame": Spec("", "frame of the camera for ~/global_pose; empty: the image's header.frame_id", True),
+    "camera_pose": Spec(list(IDENTITY), "camera in the robot base frame [x, y, z, qx, qy, qz, qw]: where the "
+                                        "camera that saw a place was, for ~/global_pose", True),
+    "cameras": Spec([], "names of several cameras; each reads <name>.image_topic (default <name>/image), "
+                        "<name>.camera_frame and <name>.camera_pose; empty: one camera on image_topic", True),
     "frame_timeout": Spec(5.0, "seconds without a frame before /diagnostics warns", range=(0.1, 3600.0)),
     "device": Spec("auto", "auto (the CUDA GPU when present), cpu or cuda", True, choices=("auto", "cpu", "cuda")),
     "precision": Spec("fp32", "backbone precision: fp32 (exact), bf16 or fp16", True,
@@ -90,3 +99,37 @@ def check_choice(name: str, value: Any) -> str | None:
     if spec.choices and value not in spec.choices:
         return f"{name} must be one of {', '.join(spec.choices)}, got {value!r}"
     return None
+
+
+@dataclass(frozen=True)
+class Camera:
+    """One camera of the node: its name (stored with places, "" for a single camera), topic, frame and
+    mounting (camera in the robot base frame)."""
+
+    name: str
+    image_topic: str
+    frame: str
+    base_to_camera: Pose | None  # None: at the base
+
+
+def camera_pose(name: str, values: list[float]) -> Pose | None:
+    """A ``camera_pose`` parameter as a Pose (None for the identity); refuses a wrong length or a zero
+    quaternion."""
+    v = [float(x) for x in values]
+    if len(v) != 7 or not all(math.isfinite(x) for x in v):
+        raise InputError(f"{name} must be 7 finite numbers [x, y, z, qx, qy, qz, qw], got {values}")
+    norm = math.sqrt(sum(q * q for q in v[3:]))
+    if norm < 1e-6:
+        raise InputError(f"{name} has a zero quaternion")
+    if tuple(v) == IDENTITY:
+        return None
+    return Pose(tuple(v[:3]), tuple(q / norm for q in v[3:]), "")
+
+
+def check_camera_names(names: list[str]) -> None:
+    """Camera names become parameter prefixes and are stored with places: plain and unique."""
+    for name in names:
+        if not name or not name.replace("_", "a").isalnum() or not name[0].isalpha():
+            raise InputError(f"camera name {name!r} must start with a letter and hold only letters, digits and _")
+    if len(set(names)) != len(names):
+        raise InputError(f"camera names must be unique, got {names}")
