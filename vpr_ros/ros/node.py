@@ -84,6 +84,7 @@ class LocalizeNode(Node):
         self.latency = LatencyStats()  # frame received -> outputs published
         self.model_time = LatencyStats()  # the model's share of it
         self.processed = self.rejected = self.save_failures = self.poses_rejected = 0
+        self.batches = 0  # model calls: with several cameras, one per batch of their waiting frames
         self.global_pose_skipped = 0  # accepted matches without a camera frame to publish ~/global_pose in
         topics = {cam.name: self._image_topics(cam.image_topic) for cam in self.cameras}
         listening = " and ".join(t for pair in topics.values() for t in pair)
@@ -297,6 +298,8 @@ class LocalizeNode(Node):
 
     def _process(self, frames: list[CameraFrame], received: list[float]) -> None:
         outcomes = self.recognizer.process_batch(frames)
+        with self._lock:
+            self.batches += 1
         for outcome, when in zip(outcomes, received, strict=True):
             self.model_time.add(outcome.model_seconds)
             self._publish(outcome)
@@ -369,7 +372,8 @@ class LocalizeNode(Node):
 
     def _publish_diagnostics(self) -> None:
         with self._lock:
-            counts = {"frames processed": self.processed, "frames rejected": self.rejected,
+            counts = {"frames processed": self.processed, "batches described": self.batches,
+                      "frames rejected": self.rejected,
                       "frames skipped (keyframe period)": self.recognizer.skipped["period"],
                       "map save failures": self.save_failures, "poses rejected": self.poses_rejected,
                       "global poses skipped (no camera frame)": self.global_pose_skipped}
