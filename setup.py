@@ -53,6 +53,7 @@ setup(
         "torch>=2.1",
         "torchvision>=0.16",
         "timm>=1.0",
+        "safetensors",  # MegaLoc's release format (timm needs it too)
         "numpy",
         "pillow",
         "opencv-python-headless",
@@ -72,6 +73,8 @@ setup(
         ],
         "ros": ROS_WHEELS,
         "gpu": ["faiss-gpu-cu12"],
+        # vpr-ros export-onnx and running .onnx models (onnxruntime-gpu / a Jetson build for CUDA, TensorRT)
+        "onnx": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.2"],
         "test": ["pytest"],  # colcon test runs pytest when this extra names it
         "dev": ["pytest", "ruff", "colcon-common-extensions", "ros-kilted-ament-package"],
     },

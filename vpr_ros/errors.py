@@ -60,3 +60,7 @@ class DatasetError(VprError, FileNotFoundError):
 
 class ModelOutputError(VprError, ValueError):
     """The model produced non-finite descriptors (damaged weights, an extreme input): never stored."""
+
+
+class ExportError(VprError, ValueError):
+    """An exported model file that does not reproduce the PyTorch model within its tolerance."""

@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from vpr_ros.cli import describe, evaluate, maps, visualize
+from vpr_ros.cli import describe, evaluate, export, maps, visualize
 from vpr_ros.cli.common import LOG
 from vpr_ros.errors import VprError
 
@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vpr-ros", description="Visual place recognition tools")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (describe, evaluate, maps, visualize):
+    for group in (describe, evaluate, maps, visualize, export):
         group.add_parser(sub)
     return parser
 

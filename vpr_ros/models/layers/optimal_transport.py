@@ -19,6 +19,16 @@ def _augment(scores: torch.Tensor, dustbin: torch.Tensor) -> torch.Tensor:
     return torch.cat([scores, row], dim=1)
 
 
+def _cluster_marginals(m: int, log_dustbin: float, log_cluster: float, like: torch.Tensor) -> torch.Tensor:
+    """Log row marginals ``[m + 1]``: ``m`` clusters, then the dustbin.
+
+    Built from two device-side fills instead of writing a Python float into the tensor
+    (``t[-1] = x``): that write is a host-to-device copy, which CUDA-graph capture forbids.
+    """
+    opts = {"dtype": like.dtype, "device": like.device}
+    return torch.cat([torch.full((m,), log_cluster, **opts), torch.full((1,), log_dustbin, **opts)])
+
+
 def sinkhorn_log_plan(
     scores: torch.Tensor, dustbin: torch.Tensor, num_iters: int = 3, reg: float = 1.0
 ) -> torch.Tensor:
@@ -35,8 +45,7 @@ def sinkhorn_log_plan(
         )
     log_total = math.log(n + m)
     z = _augment(scores, dustbin) / reg
-    log_a = torch.full((m + 1,), -log_total, dtype=z.dtype, device=z.device)
-    log_a[-1] = math.log(n - m) - log_total
+    log_a = _cluster_marginals(m, math.log(n - m) - log_total, -log_total, z)
     log_b = torch.full((n,), -log_total, dtype=z.dtype, device=z.device)
     log_a = log_a.expand(b, m + 1)
     log_b = log_b.expand(b, n)
@@ -73,8 +82,7 @@ def asymmetric_ot_log_plan(
         scores = scores / temperature
     z = _augment(scores, dustbin) / reg
     log_total = math.log(n + m)
-    log_a = torch.full((m + 1,), -log_total, dtype=z.dtype, device=z.device)
-    log_a[-1] = math.log(max(n - m, 1)) - log_total
+    log_a = _cluster_marginals(m, math.log(max(n - m, 1)) - log_total, -log_total, z)
     for _ in range(num_iters):
         row = z - torch.logsumexp(z, dim=2, keepdim=True)
         col = z - torch.logsumexp(z, dim=1, keepdim=True)
