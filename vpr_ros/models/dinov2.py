@@ -3,8 +3,8 @@
 The timm ``VisionTransformer`` provides the blocks, SDPA attention and MLPs. This file adds
 what DINOv2 checkpoints need on top: the (unused) ``mask_token`` so released files load
 strictly, the SwiGLU FFN of ViT-g under its original key names (``mlp.w12``/``mlp.w3``),
-the exact DINOv2 position-embedding resampling, and the SALAD/A²GC wrapper that returns the
-CLS token and the patch map after the final LayerNorm.
+the exact DINOv2 position-embedding resampling, and the wrapper that returns the CLS token and
+the patch map after the final LayerNorm (SALAD, A²GC, MegaLoc) or before it (BoQ).
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ class DinoV2Config:
     ffn: Literal["mlp", "swiglu"] = "mlp"
     img_size: int = 518  # pos_embed grid = img_size / 14 = 37
     num_trainable_blocks: int = 4
-    norm_layer: bool = True
+    norm_layer: bool = True  # False: the last block's tokens without the final LayerNorm (BoQ)
+    mask_token: bool = True  # False: no (unused) mask_token tensor, as in MegaLoc's release
     # Training from scratch: patch/position embeddings and CLS token get gradients too (every
     # block must then be trainable). Fine-tuning DINOv2 keeps them frozen, as SALAD does.
     train_embeddings: bool = False
@@ -91,8 +92,8 @@ class DinoVisionTransformer(VisionTransformer):
             mlp_layer=SwiGLUFFN if cfg.ffn == "swiglu" else Mlp,
             weight_init="" if init_weights else "skip",
         )
-        # Unused at inference, but part of every DINOv2 checkpoint.
-        self.mask_token = nn.Parameter(torch.zeros(1, cfg.embed_dim))
+        # Unused at inference, but part of the official DINOv2 checkpoints (not of MegaLoc's).
+        self.mask_token = nn.Parameter(torch.zeros(1, cfg.embed_dim)) if cfg.mask_token else None
 
     def prepare_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """Patch-embed, prepend CLS, add the resampled position table: ``[B, 1 + h*w, C]``."""
@@ -113,7 +114,7 @@ def _nearest(side: int) -> int:
 
 
 class DinoV2Backbone(nn.Module):
-    """Backbone wrapper used by SALAD and A²GC: ``images -> (patch map [B,C,h,w], CLS [B,C])``.
+    """Backbone wrapper of every aggregator: ``images -> (patch map [B,C,h,w], CLS [B,C])``.
 
     The parameters that ``cfg`` says do not train are frozen at construction (see
     :meth:`freeze_untrained`), so every user of the model, not only the training code, gets the
@@ -135,10 +136,13 @@ class DinoV2Backbone(nn.Module):
         self.freeze_untrained()
 
     def frozen_parameters(self) -> list[nn.Parameter]:
-        """What does not train: the unused mask token, the patch/position embeddings and CLS token
-        (unless ``train_embeddings``) and the first ``depth - num_trainable_blocks`` blocks."""
+        """What does not train: the unused mask token (and final LayerNorm without ``norm_layer``),
+        the patch/position embeddings and CLS token (unless ``train_embeddings``) and the first
+        ``depth - num_trainable_blocks`` blocks."""
         vit = self.model
-        frozen = [vit.mask_token]
+        frozen = [vit.mask_token] if vit.mask_token is not None else []
+        if not self.cfg.norm_layer:  # in the released files, but no output depends on it
+            frozen += vit.norm.parameters()
         if not self.cfg.train_embeddings:
             frozen += [vit.cls_token, vit.pos_embed, *vit.patch_embed.parameters()]
         for block in vit.blocks[: max(0, len(vit.blocks) - self.cfg.num_trainable_blocks)]:

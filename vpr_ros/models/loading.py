@@ -1,10 +1,24 @@
-"""Load released SALAD / A²GC checkpoints (and DINOv2 backbone weights) safely and strictly.
+"""Load released SALAD / A²GC / MegaLoc / BoQ checkpoints (and DINOv2 backbone weights) safely
+and strictly.
+
+Files are read with ``torch.load(weights_only=True)`` or, for ``.safetensors`` files (MegaLoc's
+release), with the ``safetensors`` library; nothing is ever unpickled. The family is recognised
+from the keys and the released layouts are mapped onto this package's one layout
+(``backbone.model.*`` + ``aggregator.*``, see :func:`canonical_state_dict`):
+
+- SALAD ``dino_salad.ckpt``, A²GC, this package's exports: ``backbone.model.*`` and
+  ``aggregator.*`` as they are.
+- MegaLoc ``model.safetensors``: ``backbone.*`` -> ``backbone.model.*`` (no ``mask_token`` in the
+  file, none in the model); ``aggregator.agg.*`` (SALAD) and ``aggregator.linear.*`` as they are.
+- BoQ ``dinov2_12288.pth``: ``backbone.dino.*`` -> ``backbone.model.*``; ``aggregator.*`` as is.
 
 Sizes are read from tensor shapes, never hard-coded per variant: width from ``cls_token``,
 depth from the block indices, heads = width / 64, FFN kind from ``mlp.w12``, position grid
-from ``pos_embed``; m, l, g from the aggregator heads; A²GC from ``cluster_geo``. What shapes
-cannot tell (trainable blocks, solver settings, geo lambda) comes from ``config``, which may be
-a reference ``config.json`` as written by the official code.
+from ``pos_embed``; m, l, g (and MegaLoc's ``mlp_dim`` and projection) from the aggregator heads;
+A²GC from ``cluster_geo``; BoQ's channels, queries, blocks and rows from ``proj_c``, ``queries``,
+``boqs.N`` and ``fc``. What shapes cannot tell (trainable blocks, solver settings, geo lambda,
+head counts of non-DINOv2 widths) comes from ``config``, which may be a reference ``config.json``
+as written by the official code.
 """
 
 from __future__ import annotations
@@ -25,7 +39,9 @@ import torch
 
 from vpr_ros.errors import CheckpointError, MissingFileError
 from vpr_ros.models.a2gc import A2GCConfig
+from vpr_ros.models.boq import BoQConfig
 from vpr_ros.models.dinov2 import HEAD_DIM, PATCH_SIZE, DinoV2Config
+from vpr_ros.models.megaloc import MegaLocConfig
 from vpr_ros.models.salad import SaladConfig
 from vpr_ros.models.vpr_model import ModelConfig, VPRModel
 
@@ -35,6 +51,10 @@ Source = str | os.PathLike | Mapping[str, Any]
 ZIP_MAGIC = b"PK\x03\x04"
 BACKBONE_PREFIX = "backbone.model."
 AGG_PREFIX = "aggregator."
+# Backbone prefixes of the released files, in the order they are tried: ours / SALAD / A²GC,
+# BoQ (``VPRModel.backbone.dino``), MegaLoc (the ViT written out as ``MegaLoc.backbone``).
+BACKBONE_ALIASES = (BACKBONE_PREFIX, "backbone.dino.", "backbone.")
+SAFETENSORS_SUFFIX = ".safetensors"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -42,7 +62,8 @@ AGG_PREFIX = "aggregator."
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[StateDict, str]:
-    """Read a checkpoint file with ``weights_only=True``; return (flat state dict, sha256).
+    """Read a checkpoint file with ``weights_only=True`` (or a ``.safetensors`` file with the
+    ``safetensors`` library); return (flat state dict, sha256).
 
     Zip-format files (everything torch.save writes since 1.6) are CRC-checked first, so a
     truncated or damaged download is refused instead of yielding wrong weights, and are then
@@ -56,12 +77,15 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[StateDict, str]:
     if size == 0:
         raise CheckpointError(f"{path} is empty (0 bytes): the download or copy did not finish")
     with path.open("rb") as f:
-        head = f.read(8)
+        head = f.read(9)
+    if path.suffix == SAFETENSORS_SUFFIX or _looks_like_safetensors(head, size):
+        return unwrap_state_dict(_read_safetensors(path, size), str(path)), file_sha256(path)
+    head = head[:8]
     is_zip = head[:4] == ZIP_MAGIC
     if not is_zip and head[:1] != b"\x80":
         raise CheckpointError(
             f"{path} is not a PyTorch checkpoint (starts with {head!r}); expected a file written "
-            "by torch.save, e.g. dino_salad.ckpt"
+            "by torch.save, e.g. dino_salad.ckpt, or a .safetensors file"
         )
     if is_zip and not _zip_intact(path):
         raise CheckpointError(
@@ -82,6 +106,23 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[StateDict, str]:
         detail = _first_line(exc) if isinstance(exc, RuntimeError) else f"{type(exc).__name__}: {_first_line(exc)}"
         raise CheckpointError(f"{path} is truncated or corrupt: {detail}") from exc
     return unwrap_state_dict(obj, str(path)), file_sha256(path)
+
+
+def _looks_like_safetensors(head: bytes, size: int) -> bool:
+    """A safetensors file starts with its JSON header's length (u64 little-endian), then ``{``."""
+    return len(head) == 9 and head[8:9] == b"{" and 8 < 8 + int.from_bytes(head[:8], "little") <= size
+
+
+def _read_safetensors(path: Path, size: int) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file on the CPU; a damaged file is a CheckpointError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path, device="cpu")
+    except (SafetensorError, ValueError, OSError, RuntimeError) as exc:
+        raise CheckpointError(f"{path} is truncated or corrupt ({size:,} bytes, unreadable as safetensors: "
+                              f"{_first_line(exc)}); download or copy it again") from exc
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -248,19 +289,48 @@ def infer_backbone_config(sd: StateDict, prefix: str = BACKBONE_PREFIX, **overri
     if not heads or width % heads:
         raise CheckpointError(f"width {width} is not a multiple of DINOv2's head size {HEAD_DIM}; "
                               "give num_heads in the config for other widths")
-    cfg = DinoV2Config(embed_dim=width, depth=len(indices), num_heads=heads, ffn=ffn, img_size=grid * PATCH_SIZE)
+    cfg = DinoV2Config(embed_dim=width, depth=len(indices), num_heads=heads, ffn=ffn, img_size=grid * PATCH_SIZE,
+                       mask_token=prefix + "mask_token" in sd)
     conflicts = [f"{k}: config {v} vs checkpoint {getattr(cfg, k)}" for k, v in overrides.items()
-                 if k in ("embed_dim", "depth", "ffn", "img_size") and v != getattr(cfg, k)]
+                 if k in ("embed_dim", "depth", "ffn", "img_size", "mask_token") and v != getattr(cfg, k)]
     if conflicts:
         raise CheckpointError("config does not match the checkpoint's shapes: " + "; ".join(conflicts))
     return dataclasses.replace(cfg, **overrides)
 
 
+def canonical_state_dict(sd: Mapping[str, torch.Tensor]) -> StateDict:
+    """The state dict under this package's keys: the backbone prefix of the release (the first of
+    :data:`BACKBONE_ALIASES` whose ``cls_token`` is present) becomes ``backbone.model.``; every
+    other key is kept as it is (and refused by :func:`check_layout` if it fits nothing)."""
+    prefix = next((p for p in BACKBONE_ALIASES if p + "cls_token" in sd), BACKBONE_PREFIX)
+    if prefix == BACKBONE_PREFIX:
+        return dict(sd)
+    return {(BACKBONE_PREFIX + k[len(prefix):] if k.startswith(prefix) else k): v for k, v in sd.items()}
+
+
+def model_family(sd: Mapping[str, torch.Tensor]) -> str:
+    """``salad``, ``a2gc``, ``megaloc`` or ``boq``, from the aggregator keys of a canonical state
+    dict (A²GC without its geometric term looks like SALAD; ``config`` options then decide)."""
+    if AGG_PREFIX + "proj_c.weight" in sd or any(k.startswith(AGG_PREFIX + "boqs.") for k in sd):
+        return "boq"
+    if AGG_PREFIX + "linear.weight" in sd or any(k.startswith(AGG_PREFIX + "agg.") for k in sd):
+        return "megaloc"
+    return "a2gc" if AGG_PREFIX + "cluster_geo" in sd else "salad"
+
+
 def infer_config(sd: StateDict, config: Mapping[str, Any] | None = None) -> ModelConfig:
     """Build a ``ModelConfig`` from tensor shapes, completed (and checked) by ``config``."""
+    sd = canonical_state_dict(sd)
     check_layout(sd)
     opts = parse_config(config) if config else {"backbone": {}, "aggregator": {}}
     backbone = infer_backbone_config(sd, **opts["backbone"])
+    family = model_family(sd)
+    if family == "megaloc":
+        return _megaloc_config(sd, backbone, opts["aggregator"])
+    # Every other release carries DINOv2's (unused) mask_token: a file without it is missing a key.
+    backbone = dataclasses.replace(backbone, mask_token=True)
+    if family == "boq":
+        return _boq_config(sd, backbone, opts)
     width = backbone.embed_dim
     agg = {
         "num_channels": _shape(sd, AGG_PREFIX + "token_features.0.weight")[1],
@@ -273,6 +343,8 @@ def infer_config(sd: StateDict, config: Mapping[str, Any] | None = None) -> Mode
     is_a2gc = AGG_PREFIX + "cluster_geo" in sd or bool(_A2GC_ONLY & user.keys())
     if AGG_PREFIX + "cluster_geo" in sd:
         agg["geo_dim"] = _shape(sd, AGG_PREFIX + "cluster_geo")[1]
+    if not is_a2gc:  # SALAD's head width (A²GC keeps the released 512)
+        agg["hidden_dim"] = _shape(sd, AGG_PREFIX + "token_features.0.weight")[0]
     conflicts = [f"{k}: config {user[k]} vs checkpoint {v}" for k, v in agg.items() if k in user and user[k] != v]
     if agg["num_channels"] != width:
         conflicts.append(f"aggregator input width {agg['num_channels']} vs backbone width {width}")
@@ -283,8 +355,60 @@ def infer_config(sd: StateDict, config: Mapping[str, Any] | None = None) -> Mode
     return ModelConfig(backbone, agg_cls(**{**{k: v for k, v in user.items() if k in known}, **agg}))
 
 
+def _megaloc_config(sd: StateDict, backbone: DinoV2Config, user: Mapping[str, Any]) -> ModelConfig:
+    """MegaLoc: SALAD sizes (with the head width ``mlp_dim``) and the projection from the shapes."""
+    salad, (feat_dim, _) = AGG_PREFIX + "agg.", _shape(sd, AGG_PREFIX + "linear.weight")
+    mlp_dim, width = _shape(sd, salad + "token_features.0.weight")
+    shapes = {
+        "num_channels": width,
+        "mlp_dim": mlp_dim,
+        "num_clusters": _shape(sd, salad + "score.3.weight")[0],
+        "cluster_dim": _shape(sd, salad + "cluster_features.3.weight")[0],
+        "token_dim": _shape(sd, salad + "token_features.2.weight")[0],
+        "feat_dim": feat_dim,
+    }
+    return ModelConfig(backbone, _aggregator_config(MegaLocConfig, "MegaLoc", shapes, user, backbone.embed_dim))
+
+
+def _boq_config(sd: StateDict, backbone: DinoV2Config, opts: Mapping[str, Mapping[str, Any]]) -> ModelConfig:
+    """BoQ: channels, queries, blocks and rows from the shapes; the backbone hands over the last
+    block's tokens without the final LayerNorm, and (as in BoQ's training) its last 2 blocks train."""
+    proj = _shape(sd, AGG_PREFIX + "proj_c.weight")
+    pattern = re.compile(re.escape(AGG_PREFIX) + r"boqs\.(\d+)\.")
+    blocks = {int(m.group(1)) for k in sd if (m := pattern.match(k))}
+    if not blocks or blocks != set(range(len(blocks))):
+        raise CheckpointError(f"BoQ checkpoint has no contiguous blocks under {AGG_PREFIX}boqs.N "
+                              f"(found {sorted(blocks)[:5]})")
+    shapes = {
+        "num_channels": proj[1],
+        "proj_channels": proj[0],
+        "num_queries": _shape(sd, AGG_PREFIX + "boqs.0.queries")[1],
+        "num_layers": len(blocks),
+        "row_dim": _shape(sd, AGG_PREFIX + "fc.weight")[0],
+    }
+    trainable = opts["backbone"].get("num_trainable_blocks", 2)
+    backbone = dataclasses.replace(backbone, norm_layer=False, num_trainable_blocks=trainable)
+    return ModelConfig(backbone, _aggregator_config(BoQConfig, "BoQ", shapes, opts["aggregator"], backbone.embed_dim))
+
+
+def _aggregator_config(cls: type, family: str, shapes: dict[str, int], user: Mapping[str, Any], width: int) -> Any:
+    """``cls`` from the sizes the shapes give and the options only ``user`` can give; a user
+    option that contradicts a shape, or that the family does not have, is refused."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    foreign = sorted(set(user) - known)
+    if foreign:
+        raise CheckpointError(f"{family} checkpoint: options {foreign} do not apply; known: {sorted(known)}")
+    conflicts = [f"{k}: config {user[k]} vs checkpoint {v}" for k, v in shapes.items() if k in user and user[k] != v]
+    if shapes["num_channels"] != width:
+        conflicts.append(f"aggregator input width {shapes['num_channels']} vs backbone width {width}")
+    if conflicts:
+        raise CheckpointError("config does not match the checkpoint's shapes: " + "; ".join(conflicts))
+    return cls(**{**user, **shapes})
+
+
 def check_layout(sd: StateDict) -> None:
-    """Refuse state dicts that are not backbone.model.* + aggregator.* with a specific message."""
+    """Refuse state dicts that are not backbone.model.* + aggregator.* (after
+    :func:`canonical_state_dict`) with a specific message."""
     foreign = [k for k in sd if not k.startswith((BACKBONE_PREFIX, AGG_PREFIX))]
     if not foreign:
         if not any(k.startswith(AGG_PREFIX) for k in sd):
@@ -292,29 +416,31 @@ def check_layout(sd: StateDict) -> None:
         return
     if {"cls_token", "pos_embed", "patch_embed.proj.weight"} <= sd.keys():
         raise CheckpointError(
-            "this is a DINOv2 backbone-only checkpoint (keys cls_token, blocks.N.*), not a SALAD/A²GC "
+            "this is a DINOv2 backbone-only checkpoint (keys cls_token, blocks.N.*), not a place-recognition "
             "model; use it to initialise training with vpr_ros.models.load_backbone_weights"
         )
     raise CheckpointError(
-        "not a SALAD/A²GC checkpoint: expected keys 'backbone.model.*' and 'aggregator.*'; "
-        f"first unexpected keys: {foreign[:5]}"
+        "not a SALAD / A²GC / MegaLoc / BoQ checkpoint: expected keys 'backbone.model.*' (or the releases' "
+        f"'backbone.dino.*' / 'backbone.*') and 'aggregator.*'; first unexpected keys: {foreign[:5]}"
     )
 
 
 # Reference constructor vocabulary -> our config fields.
 _AGG_RENAMES = {
+    "in_channels": "num_channels",  # BoQ's constructor
     "contrastive_ot_iters": "ot_iters",
     "contrastive_ot_reg": "ot_reg",
     "contrastive_ot_temp": "ot_temperature",
 }
-_AGG_FIELDS = {f.name for f in dataclasses.fields(A2GCConfig)} | {f.name for f in dataclasses.fields(SaladConfig)}
+_AGG_FIELDS = {f.name for cls in (A2GCConfig, SaladConfig, MegaLocConfig, BoQConfig) for f in dataclasses.fields(cls)}
 _A2GC_ONLY = {f.name for f in dataclasses.fields(A2GCConfig)} - {f.name for f in dataclasses.fields(SaladConfig)}
 _AGG_IGNORED = {"assignment_mode", "gumbel_tau", "hidden_width", "class"}
+_REFERENCE_KWARGS = {"dinov2_kwargs", "megaloc_kwargs", "boq_kwargs"}
 
 
 def parse_config(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Read options from a reference ``config.json`` (SALAD or A²GC golden layout) or from a
-    plain ``{"backbone": {...}, "aggregator": {...}}`` / flat constructor-argument dict."""
+    """Read options from a reference ``config.json`` (SALAD, A²GC, MegaLoc or BoQ golden layout) or
+    from a plain ``{"backbone": {...}, "aggregator": {...}}`` / flat constructor-argument dict."""
     bb: dict[str, Any] = {}
     agg: dict[str, Any] = {}
     if "aggregator" in config or "backbone" in config or "backbone_wrapper" in config:
@@ -329,6 +455,12 @@ def parse_config(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         if "ffn_layer" in vit:
             bb["ffn"] = "swiglu" if "swiglu" in str(vit["ffn_layer"]) else "mlp"
         bb.update({k: v for k, v in b.items() if k in {f.name for f in dataclasses.fields(DinoV2Config)}})
+    elif _REFERENCE_KWARGS & config.keys():  # MegaLoc / BoQ golden: constructor arguments as given
+        vit = {("img_size" if k == "image_size" else k): v for k, v in config.get("dinov2_kwargs", {}).items()}
+        bb.update({k: vit[k] for k in ("embed_dim", "depth", "num_heads", "img_size") if k in vit})
+        if "ffn_layer" in vit:
+            bb["ffn"] = "swiglu" if "swiglu" in str(vit["ffn_layer"]) else "mlp"
+        agg.update(config.get("megaloc_kwargs") or config.get("boq_kwargs") or {})
     else:
         agg.update(config)
     agg = {_AGG_RENAMES.get(k, k): v for k, v in agg.items()}
@@ -353,11 +485,12 @@ def parse_config(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 def load_model(
     source: Source, config: Mapping[str, Any] | None = None, device: str | torch.device | None = None
 ) -> VPRModel:
-    """Build a SALAD or A²GC model from a released checkpoint, strictly, in eval mode.
+    """Build a SALAD, A²GC, MegaLoc or BoQ model from a released checkpoint, strictly, in eval mode.
 
     Args:
-        source: path to a flat state-dict file (released format) or a Lightning checkpoint, or
-            an in-memory state dict / Lightning dict.
+        source: path to a flat state-dict file (released format: ``.ckpt``/``.pt``/``.pth`` or
+            MegaLoc's ``.safetensors``) or a Lightning checkpoint, or an in-memory state dict /
+            Lightning dict. Released key layouts are mapped by :func:`canonical_state_dict`.
         config: optional options shapes cannot tell (e.g. ``geo_lambda``, solver settings,
             ``num_trainable_blocks``); a reference ``config.json`` dict is accepted as is.
         device: where to put the model (default: CPU).
@@ -371,6 +504,7 @@ def load_model(
         sd, sha = unwrap_state_dict(source, "state dict"), None
     else:
         sd, sha = read_checkpoint(source)
+    sd = canonical_state_dict(sd)
     try:
         cfg = infer_config(sd, config)
         try:
@@ -433,8 +567,11 @@ def load_backbone_weights(model: VPRModel, source: str | os.PathLike | Mapping[s
     """Initialise ``model.backbone.model`` from official DINOv2 weights
     (``dinov2_vitb14_pretrain.pth`` layout: ``cls_token``, ``blocks.N.*``, ``mask_token``...)."""
     sd = unwrap_state_dict(source, "state dict") if isinstance(source, Mapping) else read_checkpoint(source)[0]
+    sd = canonical_state_dict(sd)
     if any(k.startswith(BACKBONE_PREFIX) for k in sd):
         sd = {k[len(BACKBONE_PREFIX):]: v for k, v in sd.items() if k.startswith(BACKBONE_PREFIX)}
+    if model.backbone.model.mask_token is None:  # MegaLoc's layout has no place for the unused tensor
+        sd.pop("mask_token", None)
     got = infer_backbone_config(sd, prefix="")
     want = model.cfg.backbone
     if (got.embed_dim, got.depth, got.ffn) != (want.embed_dim, want.depth, want.ffn):

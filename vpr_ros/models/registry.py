@@ -1,4 +1,5 @@
-"""Named model architectures: the released SALAD variants and the A²GC ViT-B configuration.
+"""Named model architectures: the released SALAD, MegaLoc and BoQ models and the A²GC ViT-B
+configuration.
 
 A name fixes the architecture and the evaluation settings; weights always come from a file on
 disk (nothing is downloaded at run time). The node parameter, map manifests and training
@@ -11,7 +12,9 @@ from dataclasses import dataclass
 
 from vpr_ros.errors import InputError
 from vpr_ros.models.a2gc import A2GCConfig
+from vpr_ros.models.boq import BoQConfig
 from vpr_ros.models.dinov2 import dinov2_config
+from vpr_ros.models.megaloc import MegaLocConfig
 from vpr_ros.models.salad import SaladConfig
 from vpr_ros.models.vpr_model import ModelConfig, VPRModel
 
@@ -56,6 +59,19 @@ MODELS: dict[str, ModelSpec] = {
             ModelConfig(dinov2_config("dinov2_vitb14"), A2GCConfig(num_channels=768)),
             None,
             note="no trained A²GC checkpoint is published",
+        ),
+        ModelSpec(
+            "megaloc",
+            ModelConfig(dinov2_config("dinov2_vitb14", mask_token=False), MegaLocConfig()),
+            "https://huggingface.co/gberton/MegaLoc (model.safetensors)",
+            note="SALAD m=64 l=256 g=256 (16640-d) projected to 8448; other input sizes are resized "
+                 "to multiples of 14",
+        ),
+        ModelSpec(
+            "boq_dinov2_12288",
+            ModelConfig(dinov2_config("dinov2_vitb14", norm_layer=False, num_trainable_blocks=2), BoQConfig()),
+            "https://github.com/amaralibey/Bag-of-Queries/releases/download/v1.0/dinov2_12288.pth",
+            note="BoQ on the last block's patch tokens without the final LayerNorm; trained at 280x280",
         ),
     ]
 }

@@ -29,25 +29,26 @@ class SaladConfig:
     token_dim: int = 256
     dropout: float = 0.3
     sinkhorn_iters: int = 3
+    hidden_dim: int = HIDDEN  # width of the three heads (MegaLoc's mlp_dim)
 
     @property
     def descriptor_dim(self) -> int:
         return self.token_dim + self.num_clusters * self.cluster_dim
 
 
-def conv_head(in_ch: int, out_ch: int, dropout: float | nn.Module) -> nn.Sequential:
+def conv_head(in_ch: int, out_ch: int, dropout: float | nn.Module, hidden: int = HIDDEN) -> nn.Sequential:
     """1x1 conv -> dropout -> ReLU -> 1x1 conv (indices 0 and 3 hold the weights)."""
     drop = dropout if isinstance(dropout, nn.Module) else _dropout(dropout)
-    return nn.Sequential(nn.Conv2d(in_ch, HIDDEN, 1), drop, nn.ReLU(), nn.Conv2d(HIDDEN, out_ch, 1))
+    return nn.Sequential(nn.Conv2d(in_ch, hidden, 1), drop, nn.ReLU(), nn.Conv2d(hidden, out_ch, 1))
 
 
 def _dropout(p: float | None) -> nn.Module:
     return nn.Dropout(p) if p else nn.Identity()
 
 
-def token_head(in_ch: int, out_dim: int) -> nn.Sequential:
+def token_head(in_ch: int, out_dim: int, hidden: int = HIDDEN) -> nn.Sequential:
     """Linear -> ReLU -> Linear for the global (CLS) token."""
-    return nn.Sequential(nn.Linear(in_ch, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, out_dim))
+    return nn.Sequential(nn.Linear(in_ch, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
 
 
 def aggregate_descriptor(
@@ -76,9 +77,9 @@ class SALAD(nn.Module):
     def __init__(self, cfg: SaladConfig = SaladConfig()) -> None:
         super().__init__()
         self.cfg = cfg
-        self.token_features = token_head(cfg.num_channels, cfg.token_dim)
-        self.cluster_features = conv_head(cfg.num_channels, cfg.cluster_dim, cfg.dropout)
-        self.score = conv_head(cfg.num_channels, cfg.num_clusters, cfg.dropout)
+        self.token_features = token_head(cfg.num_channels, cfg.token_dim, cfg.hidden_dim)
+        self.cluster_features = conv_head(cfg.num_channels, cfg.cluster_dim, cfg.dropout, cfg.hidden_dim)
+        self.score = conv_head(cfg.num_channels, cfg.num_clusters, cfg.dropout, cfg.hidden_dim)
         self.dust_bin = nn.Parameter(torch.tensor(1.0))
 
     @property

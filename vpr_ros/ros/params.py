@@ -31,7 +31,7 @@ class Spec:
 
 PARAMS: dict[str, Spec] = {
     # startup, read-only
-    "checkpoint": Spec("", "SALAD/A²GC checkpoint file (released flat state dict or Lightning .ckpt)", True),
+    "checkpoint": Spec("", "checkpoint file (released state dict, Lightning .ckpt, or an exported .onnx)", True),
     "model_config": Spec("", "JSON with model options the checkpoint's shapes cannot tell (default: the .json "
                              "next to the checkpoint, if any)", True),
     "map": Spec("", "place map folder; localize: must exist; slam: loaded if present, else created", True),

@@ -1,0 +1,92 @@
+"""MegaLoc aggregator (Berton & Masone, 2025): SALAD aggregation followed by one linear projection.
+
+MegaLoc is a DINOv2 ViT-B/14 trained on several localisation datasets at once. Its aggregator is
+SALAD with a configurable head width (``mlp_dim``) and wider clusters (m=64, l=256, g=256: a
+16640-d SALAD vector), projected to ``feat_dim`` = 8448 by ``linear`` and L2-normalised again.
+Parameter names follow the released ``model.safetensors`` (``aggregator.agg.*``,
+``aggregator.linear``), so only the backbone keys need mapping (see ``loading.py``).
+
+The SALAD part is this package's :class:`~vpr_ros.models.salad.SALAD`, unchanged. The reference
+solver squeezes its logsumexp results, which only changes tensor shapes at batch 1 and is then
+undone by broadcasting; the values are those of the shape-stable solver used here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.functional as TF
+from torch import nn
+
+from vpr_ros.models.salad import HIDDEN, SALAD, SaladConfig
+from vpr_ros.types import PATCH_SIZE
+
+
+@dataclass(frozen=True)
+class MegaLocConfig:
+    """MegaLoc sizes; released: m=64, l=256, g=256, mlp_dim=512, 16640 -> 8448."""
+
+    num_channels: int = 768
+    num_clusters: int = 64
+    cluster_dim: int = 256
+    token_dim: int = 256
+    mlp_dim: int = HIDDEN
+    feat_dim: int = 8448
+    dropout: float = 0.3
+    sinkhorn_iters: int = 3
+
+    @property
+    def salad_dim(self) -> int:
+        """Length of the SALAD vector that ``linear`` projects."""
+        return self.token_dim + self.num_clusters * self.cluster_dim
+
+    @property
+    def descriptor_dim(self) -> int:
+        return self.feat_dim
+
+    def salad_config(self) -> SaladConfig:
+        return SaladConfig(num_channels=self.num_channels, num_clusters=self.num_clusters,
+                           cluster_dim=self.cluster_dim, token_dim=self.token_dim, dropout=self.dropout,
+                           sinkhorn_iters=self.sinkhorn_iters, hidden_dim=self.mlp_dim)
+
+
+class MegaLocAggregator(nn.Module):
+    """``((feature_map [B,C,h,w], token [B,C])) -> descriptor [B, feat_dim]`` (unit norm)."""
+
+    def __init__(self, cfg: MegaLocConfig = MegaLocConfig()) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.agg = SALAD(cfg.salad_config())
+        self.linear = nn.Linear(cfg.salad_dim, cfg.feat_dim)
+
+    @property
+    def descriptor_dim(self) -> int:
+        return self.cfg.descriptor_dim
+
+    def log_assignment(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """SALAD's log transport plan with the dustbin row: ``[B, m + 1, n]``."""
+        return self.agg.log_assignment(feature_map)
+
+    def forward(self, x: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return F.normalize(self.linear(self.agg(x)), p=2, dim=-1)
+
+
+def patch_multiple_size(height: int, width: int) -> tuple[int, int]:
+    """The input size MegaLoc resizes to: each side rounded to the nearest multiple of 14
+    (Python rounding, ties to even, as the reference does)."""
+    h, w = round(height / PATCH_SIZE) * PATCH_SIZE, round(width / PATCH_SIZE) * PATCH_SIZE
+    if not h or not w:
+        raise ValueError(f"a {height}x{width} image is too small for MegaLoc: each side must be at least "
+                         f"{PATCH_SIZE // 2 + 1} px (it is resized to a multiple of {PATCH_SIZE})")
+    return h, w
+
+
+def resize_to_patch_multiple(images: torch.Tensor) -> torch.Tensor:
+    """MegaLoc's input rule: normalised images whose sides are not multiples of 14 are resized
+    (bilinear, antialiased, on the normalised tensor) to :func:`patch_multiple_size`."""
+    height, width = images.shape[-2:]
+    if height % PATCH_SIZE == 0 and width % PATCH_SIZE == 0:
+        return images
+    return TF.resize(images, list(patch_multiple_size(height, width)), antialias=True)
