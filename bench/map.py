@@ -41,7 +41,7 @@ dimension on 2 cores: 8448-d at 100k, 544-d at 1M), pca<N> (flat) at 8448-d and 
 shows its flat scan is ~4x over the latency goal) and pca<N> with N >= D. IVF kinds get a row per
 ``--nprobes`` value (map_index.IVF_NPROBE is what a map uses). The full default run took 14 min
 on a 2-core machine, 8 of them at 1M x 8448 (generation 4 min, brute force 1.2 min, ivfpq adds
-2 min); ``--quick`` (10k places, both dims, 300 queries, no 8448-d hnsw) about 40 s.
+2 min); ``--quick`` (10k places, both dims, 300 queries, no 8448-d hnsw or ivfpq) about a minute.
 
 Goal: a 1M-place map in <= 2 GB (index) answering in <= 10 ms (p50) with Recall@1 at most 1 point
 below exact search; the verdict is printed after the table.
@@ -64,6 +64,7 @@ LATENT, TAU, SIGMA_Z, SIGMA_C, SIGMA_V = 128, 8.0, 0.05, 0.1, 0.5
 CHUNK, ADD_BATCH, K = 10_000, 1_000, 10
 LATENCY_S, MIN_LATENCY_QUERIES = 2.0, 20
 MAX_INDEX_BYTES, MAX_HNSW_BUILD_S = 4e9, 150
+QUICK = False  # --quick: also skip ivfpq at 8448-d (its training alone takes over a minute)
 FP16_SCAN = 1.5e11  # fp16 searches without BLAS (~5e9 dims/s here): recall on <= this / (places * dim) queries
 GOAL_PLACES, GOAL_BYTES, GOAL_MS, GOAL_LOSS = 1_000_000, 2e9, 10.0, 1.0
 U16_STD = 65536 / math.sqrt(12)  # std of a uniform int16
@@ -125,6 +126,8 @@ def skip_reason(name: str, n: int, dim: int) -> str | None:
         return f"index ~{size / 1e9:.0f} GB > {MAX_INDEX_BYTES / 1e9:.0f} GB"
     if name == "hnsw" and (build := n * dim * 4e-7) > MAX_HNSW_BUILD_S:
         return f"build ~{build / 60:.0f} min on 2 cores"
+    if QUICK and kind.name == "ivfpq" and dim > 1024:
+        return "--quick: training its product quantizer at this width takes over a minute on 2 cores"
     if kind.pca_dim and not kind.ivf and n >= GOAL_PLACES and dim > 1024:
         return "its flat scan misses the latency goal at 1M (see 544-d) and projecting 1M x D takes minutes"
     return None
@@ -332,12 +335,13 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", default=DEFAULT_KINDS)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--nprobes", type=int, nargs="+", default=[32, 64], help="IVF lists probed per query")
-    parser.add_argument("--quick", action="store_true", help="10k places, both dims, 300 queries (about a minute)")
+    parser.add_argument("--quick", action="store_true",
+                        help="10k places, both dims, 300 queries, no 8448-d hnsw or ivfpq (about a minute on 2 cores)")
     parser.add_argument("--out", help="also write the rows as JSON here")
     args = parser.parse_args()
     if args.quick:
-        global MAX_HNSW_BUILD_S
-        args.sizes, args.queries, MAX_HNSW_BUILD_S = [10_000], min(args.queries, 300), 30
+        global MAX_HNSW_BUILD_S, QUICK
+        args.sizes, args.queries, MAX_HNSW_BUILD_S, QUICK = [10_000], min(args.queries, 300), 30, True
     for k in args.kinds:
         IndexKind.parse(k)
     rows, skipped, t_start = [], [], time.perf_counter()

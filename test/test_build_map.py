@@ -220,3 +220,88 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, photos, capsys, capl
         assert f"{bag}: cannot read the bag" in caplog.text
     assert len(PlaceMap.load(tmp_path / "m")) == 3  # the earlier map is untouched
     assert np.isnan(PlaceMap.load(tmp_path / "m").positions()).all()  # built without --pose-topic
+
+
+def test_cli_build_map_progress_bar_has_a_total(tmp_path, photos, capsys) -> None:
+    bag = route_bag(tmp_path, photos, n=7)
+    assert main(["build-map", "--bag", str(bag), "--image-topic", TOPIC, *MODEL_ARGS, "--out",
+                 str(tmp_path / "m")]) == 0
+    err = capsys.readouterr().err
+    assert "7/7 [" in err and "100%" in err  # count from the bag's index: a total and an ETA
+
+
+def test_cli_query_takes_frames_from_a_bag(tmp_path, photos, capsys) -> None:
+    bag = route_bag(tmp_path, photos, n=12)
+    out = tmp_path / "map"
+    assert main(["build-map", "--bag", str(bag), "--image-topic", TOPIC, *MODEL_ARGS, "--out", str(out),
+                 "--min-period", "0.15"]) == 0  # keeps frames 0, 2, 4, ... as ids 0, 1, 2, ...
+    montage = tmp_path / "m.png"
+    capsys.readouterr()
+    code, text = run_cli(capsys, "query", str(out), "--bag", str(bag), "--topic", TOPIC, "--index", "2",
+                         "--stamp", f"{SEC}.81", *MODEL_ARGS[:4], "--device", "cpu", "--k", "2", "--montage",
+                         str(montage))
+    assert code == 0, text
+    blocks = text.split("query ")[1:]
+    assert blocks[0].startswith(f"{bag.name}#{TOPIC} frame 2: stamp {SEC}.200000000")
+    assert blocks[1].startswith(f"{bag.name}#{TOPIC} nearest {SEC}.810 s: stamp {SEC}.800000000")
+    for block, place in zip(blocks, (1, 4), strict=True):  # frames 2 and 8 are places 1 and 4 themselves
+        assert f" id {place}  score 1.0000" in block
+    # one montage per query, named after --montage; every tile is the place's frame read back from the bag
+    assert f"montage {tmp_path / 'm-0.png'}" in text and f"montage {tmp_path / 'm-1.png'}" in text
+    assert (tmp_path / "m-0.png").is_file() and (tmp_path / "m-1.png").is_file() and not montage.exists()
+
+
+def test_result_tiles_read_frames_back_also_from_a_moved_bag(tmp_path, photos) -> None:
+    """`query --montage` and `visualize retrieval` share this reader: a place's frame, by its stamp."""
+    from vpr_ros.cli.common import retrieval_tiles
+
+    bag = route_bag(tmp_path, photos, n=6)
+    assert main(["build-map", "--bag", str(bag), "--image-topic", TOPIC, *MODEL_ARGS, "--out",
+                 str(tmp_path / "map")]) == 0
+    pm = PlaceMap.load(tmp_path / "map")
+    ids = pm.ids()
+    tiles = retrieval_tiles(pm, np.ones(len(ids)), ids)
+    assert [t.label.splitlines()[0] for t in tiles] == [f"id {i} t={SEC}.{i}00" for i in range(6)]
+    assert all(t.image is not None and t.image.shape[:2] == (120, 160) for t in tiles)
+    assert np.array_equal(tiles[3].image, photos[3])
+    moved = tmp_path / "elsewhere" / bag.name
+    moved.parent.mkdir()
+    bag.rename(moved)
+    assert all(t.image is None for t in retrieval_tiles(pm, np.ones(2), ids[:2]))
+    assert np.array_equal(retrieval_tiles(pm, np.ones(1), ids[3:4], [moved])[0].image, photos[3])
+
+
+def test_cli_query_checks_its_inputs_before_the_model(tmp_path, photos, capsys, caplog) -> None:
+    bag = route_bag(tmp_path, photos, n=4)
+    out = tmp_path / "map"
+    assert main(["build-map", "--bag", str(bag), "--image-topic", TOPIC, *MODEL_ARGS, "--out", str(out)]) == 0
+    no_model = ["--checkpoint", str(tmp_path / "no_such.ckpt")]  # loading it would fail: these must fail first
+    cases = {
+        ("some_frame.jpg",): "image file not found: some_frame.jpg",
+        ("--bag", str(tmp_path / "nope"), "--topic", TOPIC, "--index", "0"): f"bag file not found: {tmp_path}/nope",
+        ("--bag", str(bag), "--topic", TOPIC, "--index", "4"): f"--index 4: {bag} has 4 messages on {TOPIC}",
+        ("--bag", str(bag), "--topic", "/front", "--index", "0"): "no image topic '/front'",
+        ("--bag", str(bag), "--topic", TOPIC, "--stamp", "5"): "--stamp 5.000: no frame of",
+        ("--bag", str(bag), "--index", "0"): "picked with all of --bag B --topic T",
+        (): "nothing to query",
+    }
+    for argv, message in cases.items():
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="vpr_ros"):
+            assert main(["query", str(out), *argv, *no_model]) == 2, argv
+        assert message in caplog.text, (argv, caplog.text)
+    with pytest.raises(SystemExit):
+        main(["query", "--help"])
+    assert "(default: the map's input size)" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_missing_query_image_fails_before_torch_is_even_imported(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom vpr_ros.cli import main\n"
+            "rc = main(['query', 'street.map', 'some_frame.jpg', '--checkpoint', 'model.pt'])\n"
+            "print(rc, 'torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.stdout.split() == ["2", "False"], proc.stderr
+    assert "image file not found: some_frame.jpg" in proc.stderr

@@ -354,3 +354,26 @@ def test_cached_non_finite_chunk_is_computed_again(extractor, tmp_path):
     again = DescriptorCache(tmp_path, "scenes", "db", ident, names, chunk_size=4)
     assert again.load_chunk(0) is None
     np.testing.assert_array_equal(describe_cached(extractor, SCENES[:4], again), good)
+
+
+def test_every_set_make_eval_data_writes_is_evaluable_and_the_cache_is_named(tmp_path, capsys):
+    from vpr_ros.cli import main
+    from vpr_ros.evaluation.datasets import DATASETS
+
+    assert main(["make-eval-data", str(tmp_path / "data")]) == 0
+    hint = capsys.readouterr().out.splitlines()[-1]
+    assert hint == (f"evaluate them with: vpr-ros eval --checkpoint CKPT --data-root {tmp_path / 'data'} "
+                    f"--datasets {' '.join(DATASETS)}")
+    cache = tmp_path / "cache"
+    assert main(["eval", "--checkpoint", str(GOLDEN / "tiny_salad_state_dict.pt"), "--config",
+                 str(GOLDEN / "config.json"), "--image-size", "56", "56", "--device", "cpu", "--data-root",
+                 str(tmp_path / "data"), "--datasets", *DATASETS, "--cache", str(cache), "--out",
+                 str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [r["dataset"] for r in data["results"]] == list(DATASETS)
+    size = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file())
+    assert 1e3 < size < 1e6 and f"descriptor cache {cache}: {size / 1e3:.1f} kB" in out
+    with pytest.raises(SystemExit):  # an unknown name is refused by the parser, listing the names
+        main(["eval", "--checkpoint", "x", "--data-root", "d", "--datasets", "pitts30k"])
+    assert "pitts30k_val" in capsys.readouterr().err

@@ -546,3 +546,19 @@ def test_local_features(tmp_path):
     back.remove([2])
     assert 2 not in back.local_features
     assert copy(back, tmp_path / "b").local_features == {0: blobs[0], 3: b""}
+
+
+def test_retrieval_only_use_needs_no_stamps_and_one_query_gives_one_row(tmp_path):
+    v = views(20, 32, nviews=2, seed=9)
+    pm = PlaceMap.create(32)
+    ids = pm.add(v[:, 0])  # no stamps: retrieval does not need them
+    assert np.array_equal(ids, np.arange(20)) and pm.place(7).stamp_ns == 0
+    scores, found = pm.search(v[3, 1], 4)  # one query vector: [k] arrays
+    assert scores.shape == found.shape == (4,) and found[0] == 3
+    batch_scores, batch_found = pm.search(v[3:4, 1], 4)  # a batch of one keeps its query axis
+    assert batch_found.shape == (1, 4)
+    assert np.array_equal(batch_found[0], found) and np.array_equal(batch_scores[0], scores)
+    empty_scores, empty_ids = PlaceMap.create(32).search(v[0, 1], 2)
+    assert empty_ids.tolist() == [-1, -1] and np.isneginf(empty_scores).all()
+    back = copy(pm, tmp_path / "m")  # saved and loaded with the default stamps
+    assert back.place(19).stamp_ns == 0 and np.array_equal(back.search(v[3, 1], 4)[1], found)

@@ -10,6 +10,7 @@ import logging
 import os
 import subprocess
 import sys
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -222,6 +223,67 @@ def test_installed_entry_point_runs_outside_the_checkout(tmp_path: Path) -> None
     assert "fit" in proc.stdout
 
 
+class _Records(logging.Handler):
+    """Records of one logger, taken before propagation (Lightning's own loggers may not propagate)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.logger, self.records = logging.getLogger(name), []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record.getMessage())
+
+    def __enter__(self) -> list[str]:
+        self.logger.addHandler(self)
+        return self.records
+
+    def __exit__(self, *exc) -> None:
+        self.logger.removeHandler(self)
+
+
+def _own_argv() -> object:
+    """sys.argv as the installed command would have it: LightningCLI warns when it sees pytest's
+    arguments next to the ``args`` a test passes."""
+    from unittest import mock
+
+    return mock.patch.object(sys, "argv", ["vpr-ros-train"])
+
+
+def test_logger_follows_default_root_dir_and_lightning_stays_quiet(tmp_path: Path) -> None:
+    from vpr_ros.training.__main__ import TrainingCLI, quiet_lightning
+
+    quiet_lightning()
+    with _Records("pytorch_lightning.utilities.rank_zero") as messages, _own_argv():
+        cli = TrainingCLI(VPRLightningModule, GSVCitiesDataModule, run=False,
+                          args=["--config", str(TINY), "--trainer.default_root_dir", str(tmp_path / "run")])
+    assert Path(cli.trainer.logger.log_dir) == tmp_path / "run" / "logs" / "version_0"
+    assert any("GPU available" in m for m in messages) and not any("litlogger" in m for m in messages)
+
+    from pytorch_lightning.utilities._pytree import _tree_flatten
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.resetwarnings()
+        warnings.simplefilter("always")
+        _tree_flatten(torch.ones(1))  # Lightning's own use of torch's deprecated LeafSpec
+        assert any("LeafSpec" in str(w.message) for w in caught)
+        caught.clear()
+        quiet_lightning()
+        _tree_flatten(torch.ones(1))
+        assert not caught
+
+
+def test_first_run_says_it_generates_its_data_and_where(tmp_path: Path) -> None:
+    dm = GSVCitiesDataModule(root=str(tmp_path / "gsv"), val_root=str(tmp_path / "val"),
+                             synthetic={"source": "scenes", "places_per_photo": 1, "image_size": 32})
+    with _Records("pytorch_lightning.utilities.rank_zero") as messages:
+        dm.prepare_data()
+        dm.prepare_data()  # the second time the data is there: nothing to say
+    assert len(messages) == 2, messages
+    assert messages[0].startswith(f"{tmp_path / 'gsv'} has no Dataframes/: generating a synthetic GSV-Cities")
+    assert f"validation views into {tmp_path / 'val'} from the scenes photos" in messages[0]
+    assert (tmp_path / "gsv" / "Dataframes").is_dir() and (tmp_path / "val" / "SPED").is_dir()
+
+
 # -- a short training run -------------------------------------------------------------------------
 
 
@@ -236,8 +298,7 @@ def synth_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def _cli_args(out: Path, gsv: Path, val: Path) -> list[str]:
     return ["--config", str(TINY), "--data.root", str(gsv), "--data.val_root", str(val),
-            "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out),
-            "--trainer.enable_progress_bar", "false"]
+            "--trainer.default_root_dir", str(out), "--trainer.enable_progress_bar", "false"]
 
 
 def _metric_rows(log_dir: Path) -> list[dict[str, str]]:
@@ -249,9 +310,10 @@ def _metric_rows(log_dir: Path) -> list[dict[str, str]]:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("run")
     gsv, val = out / "data" / "gsv", out / "data" / "val"  # written by the config's data.synthetic
-    untrained = cli_main(["validate", *_cli_args(out / "untrained", gsv, val)])
-    assert (gsv / "Dataframes" / "Synthtown.csv").is_file() and (val / "SPED").is_dir()
-    cli = cli_main(["fit", *_cli_args(out / "fit", gsv, val)])
+    with _own_argv():
+        untrained = cli_main(["validate", *_cli_args(out / "untrained", gsv, val)])
+        assert (gsv / "Dataframes" / "Synthtown.csv").is_file() and (val / "SPED").is_dir()
+        cli = cli_main(["fit", *_cli_args(out / "fit", gsv, val)])
     rows = _metric_rows(Path(cli.trainer.logger.log_dir))
     return {
         "cli": cli,

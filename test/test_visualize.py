@@ -144,11 +144,11 @@ def test_plot_retrieval_and_recall(tmp_path):
              V.RetrievalTile(None, "id 7", 0.5, False)]
     a = _png(V.plot_retrieval(q, tiles, tmp_path / "r.png"))
     b = _png(V.plot_retrieval(q, [V.RetrievalTile(t.image, t.label, t.score) for t in tiles], tmp_path / "r2.png"))
-    assert a.shape == b.shape == (340, 840, 3) and not np.array_equal(a, b)
+    assert a.shape == b.shape and a.shape[1] == 840 and not np.array_equal(a, b)
     green = np.all(np.abs(a.astype(int) - [44, 160, 44]) < 6, axis=-1).sum()  # tab:green border
     assert green > 500 and np.all(np.abs(b.astype(int) - [44, 160, 44]) < 6, axis=-1).sum() < green / 10
     r = _png(V.plot_recall({"x": {1: 0.5, 5: 0.7, 10: 0.8}, "y": {"1": 60, "5": 80}}, tmp_path / "rc.png"))
-    assert r.shape == (480, 700, 3)
+    assert r.shape == (480, 900, 3)
     r2 = _png(V.plot_recall({"x": {1: 0.9, 5: 0.95}}, tmp_path / "rc2.png"))
     assert not np.array_equal(r, r2)
     with pytest.raises(ValueError):
@@ -194,6 +194,38 @@ def test_cli_all_subcommands(salad_ext, tiny_salad_path, salad_golden_dir, tmp_p
         parser.parse_args(["visualize", "heatmap", "x.jpg", "--out", "o.png"])  # no --checkpoint
 
 
+def _blank_rows_below(pixels: np.ndarray) -> int:
+    """White rows at the bottom of a plot."""
+    content = np.flatnonzero((pixels < 250).any(axis=(1, 2)))
+    return pixels.shape[0] - 1 - int(content[-1])
+
+
+def test_retrieval_figure_fits_its_images(tmp_path):
+    """Landscape frames make a short figure with no empty band; portrait ones a taller one."""
+    wide = np.asarray(Image.open(SCENES / "building.jpg").convert("RGB").resize((320, 180)))
+    tall = np.ascontiguousarray(wide.transpose(1, 0, 2))
+    tiles = [V.RetrievalTile(wide, "id 1 t=5.000\nx 1.0 y 2.0 yaw 90°", 0.9), V.RetrievalTile(None, "id 2", 0.5)]
+    short = _png(V.plot_retrieval(wide, tiles, tmp_path / "w.png"))
+    high = _png(V.plot_retrieval(tall, [V.RetrievalTile(tall, "id 1", 0.9)], tmp_path / "t.png"))
+    assert short.shape[0] < 0.4 * short.shape[1] and high.shape[0] > short.shape[0] * 1.5
+    assert _blank_rows_below(short) < 0.1 * short.shape[0] and _blank_rows_below(high) < 0.1 * high.shape[0]
+
+
+def test_recall_curves_that_coincide_are_drawn_once_in_their_datasets_colour(tmp_path):
+    same, other = {1: 0.4, 5: 0.8}, {1: 0.3, 5: 0.7}
+    results = {f"d{i}": same if i % 2 else other for i in range(6)}
+    results |= {f"d{i} (fp16)": results[f"d{i}"] for i in range(6)}
+    results["d0 (pca256)"] = {1: 0.2, 5: 0.7}
+    groups = V._recall_groups({k: sorted(v.items()) for k, v in results.items()})
+    names = [V._group_name(labels) for _, labels in groups]
+    assert names == ["d0 (exact = fp16)\n= d2 (exact = fp16)\n= d4 (exact = fp16)",
+                     "d1 (exact = fp16)\n= d3 (exact = fp16)\n= d5 (exact = fp16)", "d0 (pca256)"]
+    assert V._group_name(["msls_val", "msls_val (fp16)"]) == "msls_val (exact = fp16)"
+    pixels = _png(V.plot_recall(results, tmp_path / "r.png"))
+    axes_right = 9 * V.DPI * 0.6  # the legend stands to the right of the curves
+    assert (pixels[:, int(axes_right):] < 250).any()
+
+
 def test_recall_plot_reads_eval_results(tmp_path: Path) -> None:
     """The results.json that `vpr-ros eval` writes plots directly."""
     from vpr_ros.plotting import load_recall_json
@@ -205,3 +237,25 @@ def test_recall_plot_reads_eval_results(tmp_path: Path) -> None:
     path = tmp_path / "results.json"
     path.write_text(json.dumps(results))
     assert load_recall_json(path) == {"sped": {1: 0.5, 5: 0.9}, "sped (fp16)": {1: 0.4, 5: 0.9}}
+
+
+def test_cli_matches_keep_the_aspect_ratio_and_the_verification_threshold(tiny_salad_path, salad_golden_dir,
+                                                                          tmp_path, capsys):
+    import inspect
+
+    from vpr_ros.loop_closure.verification import MIN_MATCH_SIMILARITY, verify
+
+    assert inspect.signature(verify).parameters["min_similarity"].default == MIN_MATCH_SIMILARITY
+    assert inspect.signature(V.mutual_matches).parameters["threshold"].default == MIN_MATCH_SIMILARITY
+    model = ["--checkpoint", str(tiny_salad_path), "--config", str(salad_golden_dir / "config.json"),
+             "--image-size", "224", "224", "--device", "cpu"]
+    parser = _parser()
+    heights = {}
+    for name in ("building.jpg", "baboon.jpg"):  # 4:3 and square photos, both described at 224 x 224
+        args = parser.parse_args(["visualize", "matches", str(SCENES / name), str(SCENES / name), *model,
+                                  "--out", str(tmp_path / f"{name}.png")])
+        assert args.threshold == MIN_MATCH_SIMILARITY
+        assert args.func(args) == 0
+        heights[name] = _png(tmp_path / f"{name}.png").shape[0]
+    assert heights["building.jpg"] < 0.85 * heights["baboon.jpg"]  # drawn 4:3, not squeezed to a square
+    assert "wrote" in capsys.readouterr().out

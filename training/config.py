@@ -26,11 +26,14 @@ def build_model_config(
 ) -> ModelConfig:
     """Registry architecture ``model``, optionally on another DINOv2 size and with field overrides.
 
-    The aggregator's input width always follows the backbone width. Extra keyword arguments
-    (the module's other hyperparameters) are ignored, so ``build_model_config(**hparams)`` works.
+    The aggregator's input width always follows the backbone width, and another DINOv2 size keeps
+    what the family needs from its backbone (BoQ: no final LayerNorm; MegaLoc: no mask token).
+    Extra keyword arguments (the module's other hyperparameters) are ignored, so
+    ``build_model_config(**hparams)`` works.
     """
     base = get_spec(model).config
-    bb = dinov2_config(backbone_arch) if backbone_arch else base.backbone
+    family = {"norm_layer": base.backbone.norm_layer, "mask_token": base.backbone.mask_token}
+    bb = dinov2_config(backbone_arch, **family) if backbone_arch else base.backbone
     bb = dataclasses.replace(bb, **_checked(DinoV2Config, backbone, "backbone"),
                              num_trainable_blocks=num_trainable_blocks, train_embeddings=train_embeddings)
     agg_cls = type(base.aggregator)

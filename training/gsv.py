@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ import pytorch_lightning as pl
 import torch
 import torchvision.transforms as T
 from PIL import Image
+from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from vpr_ros.evaluation.datasets import EvalDataset, load_dataset
@@ -285,7 +287,13 @@ class GSVCitiesDataModule(pl.LightningDataModule):
             return
         from vpr_ros.synth.gsv import generate
 
+        source = self.synthetic.get("source", "skimage")
+        val = f" and SPED-layout validation views into {self.val_root}" if self.val_root else ""
+        rank_zero_info(f"{self.root} has no Dataframes/: generating a synthetic GSV-Cities training set there{val} "
+                       f"from the {source} photos (first run only; data.synthetic in the config)")
+        t0 = time.perf_counter()
         generate(Path(self.root), Path(self.val_root) if self.val_root else None, **self.synthetic)
+        rank_zero_info(f"synthetic data written in {time.perf_counter() - t0:.0f} s")
 
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.tables is None:

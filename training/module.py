@@ -1,4 +1,5 @@
-"""LightningModule: a ``vpr_ros.models`` SALAD / A²GC model trained with the multi-similarity loss.
+"""LightningModule: a ``vpr_ros.models`` SALAD / A²GC / BoQ model (or a MegaLoc being fine-tuned)
+trained with the multi-similarity loss.
 
 The module wraps a ``VPRModel`` as ``self.model``, so its checkpoints key the weights
 ``model.backbone.model.*`` / ``model.aggregator.*``: ``vpr_ros.models.load_model`` drops that
@@ -7,9 +8,10 @@ prefix, and ``export`` writes the released flat layout without it.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytorch_lightning as pl
@@ -18,7 +20,7 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from pytorch_metric_learning import distances, losses, miners
 
 from vpr_ros.evaluation.recall import K_TRAIN_VALIDATION, recall_at_k
-from vpr_ros.models import VPRModel, load_backbone_weights, read_checkpoint
+from vpr_ros.models import VPRModel, canonical_state_dict, load_backbone_weights, read_checkpoint
 from vpr_ros.models.loading import AGG_PREFIX, BACKBONE_PREFIX
 
 from .config import build_model_config
@@ -26,26 +28,31 @@ from .export import MODULE_PREFIX, flat_state_dict
 
 
 class VPRLightningModule(pl.LightningModule):
-    """Train a SALAD or A²GC model on GSV-Cities-style batches (places x images per place).
+    """Train a SALAD, A²GC or BoQ model on GSV-Cities-style batches (places x images per place).
 
     Args:
         model: registry name (``dino_salad``, ``dino_salad_512_32``, ``dino_salad_2048_64``,
-            ``a2gc_vitb14``): aggregator kind and sizes.
+            ``a2gc_vitb14``, ``boq_dinov2_12288``; ``megaloc`` to fine-tune from its released
+            weights with ``init_checkpoint``): aggregator kind and sizes.
         backbone_arch: another DINOv2 size (``dinov2_vits14`` ... ``dinov2_vitg14``), default the
             registry's ViT-B.
         backbone: DinoV2Config field overrides, e.g. a tiny ViT ``{embed_dim: 64, depth: 2,
             num_heads: 4, img_size: 112}``.
-        aggregator: SaladConfig / A2GCConfig field overrides, e.g. ``{num_clusters: 8}``.
+        aggregator: SaladConfig / A2GCConfig / BoQConfig / MegaLocConfig field overrides, e.g.
+            ``{num_clusters: 8}`` or ``{proj_channels: 64, num_queries: 4}``.
         num_trainable_blocks: last ViT blocks that train (4 in the paper); ``depth`` for all. The
             others are frozen by ``DinoV2Backbone`` itself.
         train_embeddings: also train patch/position embeddings and CLS token (from scratch;
             needs ``num_trainable_blocks >= depth``).
         backbone_weights: official DINOv2 weights file (``dinov2_vitb14_pretrain.pth``) loaded into
             the backbone when fitting starts; None trains the backbone from its random init.
-        init_checkpoint: a released / exported model (flat or Lightning file) whose backbone and
-            aggregator weights start the fit (fine-tuning); loaded strictly, shapes must agree.
+        init_checkpoint: a released / exported model (flat or Lightning file, MegaLoc's
+            ``model.safetensors``, BoQ's ``dinov2_12288.pth``) whose backbone and aggregator weights
+            start the fit (fine-tuning); loaded strictly, shapes must agree.
         lr, weight_decay: AdamW over the trainable parameters.
-        lr_end_factor, lr_total_iters: LinearLR from 1 to ``lr_end_factor`` over that many optimizer steps.
+        lr_schedule: ``linear`` (SALAD's recipe): LinearLR from 1 to ``lr_end_factor`` over
+            ``lr_total_iters`` optimizer steps. ``multistep`` (BoQ's recipe): linear warm-up over
+            ``warmup_epochs``, then the rate times ``lr_gamma`` at each epoch in ``lr_milestones``.
         ms_alpha, ms_beta, ms_base: MultiSimilarityLoss on dot products of the unit descriptors.
         miner_epsilon: MultiSimilarityMiner margin on cosine similarity.
         val_ks: Recall@K values logged as ``<valset>/R<K>``.
@@ -65,6 +72,10 @@ class VPRLightningModule(pl.LightningModule):
         weight_decay: float = 9.5e-9,
         lr_end_factor: float = 0.2,
         lr_total_iters: int = 4000,
+        lr_schedule: Literal["linear", "multistep"] = "linear",
+        warmup_epochs: float = 0.0,
+        lr_milestones: Sequence[int] = (10, 20),
+        lr_gamma: float = 0.1,
         ms_alpha: float = 1.0,
         ms_beta: float = 50.0,
         ms_base: float = 0.0,
@@ -72,6 +83,8 @@ class VPRLightningModule(pl.LightningModule):
         val_ks: Sequence[int] = K_TRAIN_VALIDATION,
     ) -> None:
         super().__init__()
+        if lr_schedule not in ("linear", "multistep"):
+            raise ValueError(f"lr_schedule must be 'linear' or 'multistep', got {lr_schedule!r}")
         self.save_hyperparameters()
         self.model_config = build_model_config(model, backbone_arch, backbone, aggregator, num_trainable_blocks,
                                                train_embeddings)
@@ -107,7 +120,8 @@ class VPRLightningModule(pl.LightningModule):
             load_backbone_weights(self.model, self.hparams.backbone_weights)  # keeps requires_grad
             rank_zero_info(f"backbone initialised from {self.hparams.backbone_weights}")
         if stage == "fit" and self.hparams.init_checkpoint:
-            self.model.load_state_dict(flat_state_dict(read_checkpoint(self.hparams.init_checkpoint)[0]), strict=True)
+            released = canonical_state_dict(read_checkpoint(self.hparams.init_checkpoint)[0])
+            self.model.load_state_dict(flat_state_dict(released), strict=True)
             rank_zero_info(f"model initialised from {self.hparams.init_checkpoint}")
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -130,9 +144,29 @@ class VPRLightningModule(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LinearLR(
-            optimizer, start_factor=1.0, end_factor=self.hparams.lr_end_factor, total_iters=self.hparams.lr_total_iters)
+        hp = self.hparams
+        if hp.get("lr_schedule", "linear") == "multistep":
+            per_epoch = self._steps_per_epoch()
+            warmup = hp.warmup_epochs * per_epoch
+            milestones = sorted(int(m) * per_epoch for m in hp.lr_milestones)
+
+            def factor(step: int) -> float:
+                ramp = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+                return ramp * hp.lr_gamma ** bisect_right(milestones, step)
+
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        else:
+            scheduler = torch.optim.lr_scheduler.LinearLR(
+                optimizer, start_factor=1.0, end_factor=hp.lr_end_factor, total_iters=hp.lr_total_iters)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch of the running fit (1 outside a fit), so that epoch-based
+        schedules can run per step."""
+        trainer = self._trainer
+        if trainer is None or not trainer.max_epochs or trainer.max_epochs < 1:
+            return 1
+        return max(1, int(trainer.estimated_stepping_batches) // trainer.max_epochs)
 
     # -- validation: Recall@K over all ranks' descriptors -------------------------------------------
 
@@ -170,7 +204,8 @@ class VPRLightningModule(pl.LightningModule):
             recalls = recall_at_k(full[:n_db], full[n_db:], ds.positives, self.val_ks)
             for k, r in recalls.items():
                 self.log(f"{ds.name}/R{k}", r, sync_dist=True)  # identical on every rank
-            rank_zero_info(f"{ds.name} ({n_db} db, {n - n_db} queries): "
-                           + "  ".join(f"R@{k} {100 * r:.2f}" for k, r in recalls.items()))
+            # self.print: rank 0 only, and on a line of its own above the progress bar
+            self.print(f"epoch {self.current_epoch} {ds.name} ({n_db} db, {n - n_db} queries): "
+                       + "  ".join(f"R@{k} {100 * r:.2f}" for k, r in recalls.items()))
         self._val_outputs = defaultdict(list)
 

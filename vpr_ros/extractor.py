@@ -112,7 +112,7 @@ class Features:
     """Output of :meth:`DescriptorExtractor.extract`."""
 
     descriptors: np.ndarray  # [B, D] float32, unit norm
-    patch_tokens: np.ndarray | None = None  # [B, h, w, C] float32 (after the final LayerNorm)
+    patch_tokens: np.ndarray | None = None  # [B, h, w, C] float32, the tokens the aggregator takes
 
 
 class _Graph:

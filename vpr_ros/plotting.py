@@ -39,7 +39,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from vpr_ros.errors import InputError
-from vpr_ros.loop_closure.verification import mutual_nearest
+from vpr_ros.loop_closure.verification import MIN_MATCH_SIMILARITY, mutual_nearest
 
 DPI = 100
 GAP = 10  # pixels between the two images of a match plot
@@ -85,13 +85,13 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 
 
 def mutual_matches(
-    tokens_a: np.ndarray, tokens_b: np.ndarray, threshold: float = 0.3, top_k: int | None = 200
+    tokens_a: np.ndarray, tokens_b: np.ndarray, threshold: float = MIN_MATCH_SIMILARITY, top_k: int | None = 200
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mutual nearest-neighbour patch matches by cosine similarity.
 
     Args:
         tokens_a, tokens_b: patch tokens ``[h, w, C]`` (or ``[n, C]``), any norm.
-        threshold: minimum cosine similarity of a kept pair.
+        threshold: minimum cosine similarity of a kept pair (default: the one geometric verification uses).
         top_k: keep at most this many pairs, best first (None: all).
     Returns:
         ``(pairs [M, 2] int64 flat patch indices (a, b), scores [M] float32)``, sorted by score
@@ -284,17 +284,26 @@ def thumbnail(image: str | os.PathLike | np.ndarray | None, side: int = 384) -> 
 def plot_retrieval(
     query: np.ndarray, tiles: Sequence[RetrievalTile], out: str | os.PathLike, title: str | None = None
 ) -> Path:
-    """Query image then one tile per result; border green/red when correctness is known, grey if not."""
+    """Query image then one tile per result; border green/red when correctness is known, grey if not.
+
+    The figure is as tall as the tallest image at the common tile width plus its captions, so
+    landscape frames leave no empty band.
+    """
     n = len(tiles) + 1
-    fig, axes = plt.subplots(1, n, figsize=(2.8 * n, 3.4), layout="constrained", squeeze=False)
-    axes = axes[0]
     panels = [(query, "query", "query", None)] + [
         (t.image, t.label, f"#{i + 1} {t.label}\ncos {t.score:.3f}", t.correct) for i, t in enumerate(tiles)]
-    for i, (ax, (img, label, caption, correct)) in enumerate(zip(axes, panels, strict=True)):
+    tile_w = 2.8  # inches per panel; the image gets about 2.65 of them after padding
+    aspects = [img.shape[0] / img.shape[1] for img, *_ in panels if img is not None]
+    blank = aspects[0] if aspects else 0.75  # placeholders take the query's shape
+    aspect = max(aspects + [blank])
+    lines = max(caption.count("\n") + 1 for _, _, caption, _ in panels)
+    fig, axes = plt.subplots(1, n, figsize=(tile_w * n, 2.65 * aspect + 0.17 * lines + 0.45),
+                             layout="constrained", squeeze=False)
+    for i, (ax, (img, label, caption, correct)) in enumerate(zip(axes[0], panels, strict=True)):
         if img is None:
-            ax.imshow(np.full((3, 4), 0.85), cmap="gray", vmin=0, vmax=1, extent=(0, 4, 3, 0))
-            ax.text(2, 1.5, f"no image\n{label}", ha="center", va="center", fontsize=9)
-            h, w = 3, 4
+            h, w = 4 * blank, 4
+            ax.imshow(np.full((3, 4), 0.85), cmap="gray", vmin=0, vmax=1, extent=(0, w, h, 0))
+            ax.text(w / 2, h / 2, f"no image\n{label}", ha="center", va="center", fontsize=9)
         else:
             ax.imshow(img)
             h, w = img.shape[:2]
@@ -313,26 +322,56 @@ def plot_retrieval(
 # -- recall@K ---------------------------------------------------------------------------------------
 
 
+def _recall_groups(curves: Mapping[str, list[tuple[int, float]]]) -> list[tuple[str, list[str]]]:
+    """Labels grouped by identical curves, first label first: one line is drawn per group.
+
+    An index kind that loses nothing (``msls_val (fp16)`` equal to ``msls_val``) then shares its
+    dataset's line instead of hiding it.
+    """
+    groups: dict[tuple, list[str]] = {}
+    for label, curve in curves.items():
+        groups.setdefault(tuple(curve), []).append(label)
+    return [(labels[0], labels) for labels in groups.values()]
+
+
+def _group_name(labels: Sequence[str]) -> str:
+    """``msls_val (exact = fp16)`` for one dataset's kinds; several datasets joined with ``=``, one per line."""
+    kinds: dict[str, list[str]] = {}
+    for label in labels:
+        base, _, kind = label.partition(" (")
+        kinds.setdefault(base, []).append(kind.removesuffix(")") or "exact")
+    return "\n= ".join(base if k == ["exact"] else f"{base} ({' = '.join(k)})" for base, k in kinds.items())
+
+
 def plot_recall(results: Mapping[str, Mapping[int | str, float]], out: str | os.PathLike,
                 title: str = "recall@K") -> Path:
-    """One R@K curve per label; ``results = {label: {k: recall}}``, recall as fraction or percent."""
+    """R@K curves; ``results = {label: {k: recall}}``, recall as fraction or percent.
+
+    Labels ``"<dataset> (<index kind>)"`` share their dataset's colour, dashed. Identical curves
+    are drawn once with all their labels; the legend sits beside the axes, never over a curve.
+    """
     if not results:
         raise InputError("no results to plot")
     curves = {label: sorted((int(k), float(v)) for k, v in r.items()) for label, r in results.items()}
     percent = max(v for c in curves.values() for _, v in c) > 1.0
-    fig, ax = plt.subplots(figsize=(7, 4.8), layout="constrained")
+    bases = list(dict.fromkeys(label.split(" (", 1)[0] for label in curves))
+    cmap = plt.get_cmap("tab10" if len(bases) <= 10 else "tab20")
+    colour = {base: cmap(i % cmap.N) for i, base in enumerate(bases)}
+    fig, ax = plt.subplots(figsize=(9, 4.8), layout="constrained")
     all_k = sorted({k for c in curves.values() for k, _ in c})
-    for label, curve in curves.items():
-        ks, vs = zip(*curve, strict=True)
+    for first, labels in _recall_groups(curves):
+        ks, vs = zip(*curves[first], strict=True)
         vs = np.asarray(vs) * (1 if percent else 100)
-        ax.plot(ks, vs, marker="o", label=f"{label} (R@{ks[0]} {vs[0]:.1f})")
+        kind = " (" in first
+        ax.plot(ks, vs, marker="s" if kind else "o", linestyle="--" if kind else "-",
+                color=colour[first.split(" (", 1)[0]], label=f"{_group_name(labels)}: R@{ks[0]} {vs[0]:.1f}")
     ax.set_xscale("log" if all_k[-1] / max(all_k[0], 1) > 20 else "linear")
     ax.set_xticks(all_k, [str(k) for k in all_k])
     ax.set_xlabel("K (retrieved candidates)")
     ax.set_ylabel("recall@K (%)")
     ax.set_ylim(top=100)
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=9, frameon=False)
     ax.set_title(title)
     return save_figure(fig, out)
 

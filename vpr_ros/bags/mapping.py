@@ -22,8 +22,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from vpr_ros.bags.reader import BagError, Frame, ReadAhead, ReadStats, read_frames, recording_start
-from vpr_ros.errors import InputError
+from vpr_ros.bags.reader import BagError, Frame, ReadAhead, ReadStats, check_bag, read_frames, recording_start
+from vpr_ros.errors import InputError, VprError
 from vpr_ros.extractor import DescriptorExtractor
 from vpr_ros.maps.keyframes import KeyframeSelector
 from vpr_ros.maps.place_map import PlaceMap
@@ -97,6 +97,15 @@ def _frames(bags: Sequence[Path], image_topic: str, pose_topic: str | None, star
                                on_origin=lambda o: origin.__setitem__(0, o))
 
 
+def _message_count(bags: Sequence[Path], image_topic: str) -> int | None:
+    """Image messages in the bags' indexes (the progress bar's total, so it shows an ETA); None
+    when a bag cannot tell (reading it will report why)."""
+    try:
+        return sum(check_bag(bag, image_topic) for bag in bags)
+    except VprError:
+        return None
+
+
 def build_map(
     bags: Sequence[str | os.PathLike],
     extractor: DescriptorExtractor,
@@ -131,11 +140,13 @@ def build_map(
     summary, stats = BuildSummary(out), ReadStats()
     origin = [pm.enu_origin]  # appended NavSatFix poses share the map's ENU frame
     frames = _frames([Path(b) for b in bags], image_topic, pose_topic, start, end, max_pose_gap, origin, stats)
+    # a --start/--end window reads an unknown share of the messages: no total then
+    total = _message_count([Path(b) for b in bags], image_topic) if progress and start is None and end is None else None
     t0 = time.perf_counter()
     pending: list[Frame] = []
     try:
         with ReadAhead(frames, depth=2 * batch_size) as ahead, \
-                tqdm(desc="build-map", unit="frame", disable=not progress, dynamic_ncols=True) as bar:
+                tqdm(desc="build-map", total=total, unit="frame", disable=not progress, dynamic_ncols=True) as bar:
             for frame in ahead:
                 bar.update()
                 if selector.sample(frame.seconds, None if frame.pose is None else frame.pose.position):

@@ -51,7 +51,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export-onnx", help="export a checkpoint to ONNX (onnxruntime, TensorRT), checked against "
                                            "PyTorch")
-    p.add_argument("checkpoint", type=Path, help="SALAD/A²GC checkpoint (.ckpt/.pt/.pth)")
+    p.add_argument("checkpoint", type=Path, help="SALAD/A²GC/MegaLoc/BoQ checkpoint (.ckpt/.pt/.pth/.safetensors)")
     p.add_argument("--config", type=Path,
                    help="JSON with options the checkpoint's shapes cannot tell (default: the .json next to it, if any)")
     p.add_argument("--image-size", nargs=2, type=int, default=None, metavar=("H", "W"),

@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vpr_ros.cli.common import LOG, add_model_args, make_extractor
+from vpr_ros.cli.common import (
+    LOG,
+    MAP_SIZE,
+    add_model_args,
+    make_extractor,
+    pose_text,
+    require_files,
+    retrieval_tiles,
+)
 from vpr_ros.errors import InputError
 from vpr_ros.types import format_stamp
+
+if TYPE_CHECKING:
+    from vpr_ros.bags.reader import Frame
 
 
 def cmd_build_map(args: argparse.Namespace) -> int:
@@ -37,18 +50,6 @@ def cmd_build_map(args: argparse.Namespace) -> int:
         return 2
     print(summary.format())
     return 0
-
-
-def _pose_text(pose) -> str:
-    """Position, yaw about z and frame of a pose, for one line of text."""
-    if pose is None:
-        return "no pose"
-    x, y, z, w = pose.orientation
-    yaw = np.degrees(np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z)))
-    px, py, pz = pose.position
-    return f"pose ({px:.2f}, {py:.2f}, {pz:.2f}) yaw {yaw:.1f} deg [{pose.frame_id}]"
-
-
 
 
 def cmd_map_info(args: argparse.Namespace) -> int:
@@ -120,38 +121,103 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _montage_path(out: Path, i: int, n: int) -> Path:
+    """``out`` for one query; ``out-0.png``, ``out-1.png``... for several."""
     return out if n == 1 else out.with_name(f"{out.stem}-{i}{out.suffix}")
 
 
+STAMP_WINDOW_S = 2.0  # receive times searched around a --stamp before the whole topic is
+STAMP_TOLERANCE_S = 1.0  # the nearest frame may be this far from a --stamp
+
+
+def _nearest_frame(bag: Path, topic: str, stamp: float) -> Frame:
+    """The frame of ``topic`` whose header stamp is nearest ``stamp`` (s), at most
+    :data:`STAMP_TOLERANCE_S` away. Receive times within :data:`STAMP_WINDOW_S` are read first (a
+    seek), the whole topic only if that finds none (header stamps on another clock)."""
+    from vpr_ros.bags.reader import read_frames
+
+    span = None
+    for window in ({"start": stamp - STAMP_WINDOW_S, "end": stamp + STAMP_WINDOW_S, "time_zero_ns": 0}, {}):
+        best, first, last = None, float("inf"), -float("inf")
+        for frame in read_frames(bag, topic, **window):  # one decoded frame kept at a time
+            first, last = min(first, frame.seconds), max(last, frame.seconds)
+            if best is None or abs(frame.seconds - stamp) < abs(best.seconds - stamp):
+                best = frame
+        if best is not None and abs(best.seconds - stamp) <= STAMP_TOLERANCE_S:
+            return best
+        span = (first, last) if best is not None else span
+    where = f"its frames are stamped {span[0]:.3f} .. {span[1]:.3f} s" if span else "it has no readable frame there"
+    raise InputError(f"--stamp {stamp:.3f}: no frame of {topic} in {bag} within {STAMP_TOLERANCE_S:g} s; {where}")
+
+
+def _frames_at(bag: Path, topic: str, indices: Sequence[int]) -> dict[int, Frame]:
+    """The ``indices``-th frames of ``topic`` (0-based, header-stamp order), reading no further than needed."""
+    from vpr_ros.bags.reader import check_bag, read_frames
+
+    count = check_bag(bag, topic)  # the topic and its type, from the index only
+    wanted = set(indices)
+    if bad := sorted(i for i in wanted if not 0 <= i < count):
+        raise InputError(f"--index {' '.join(map(str, bad))}: {bag} has {count} messages on {topic} "
+                         f"(indices 0..{count - 1})")
+    found: dict[int, Frame] = {}
+    for i, frame in enumerate(read_frames(bag, topic)):
+        if i in wanted:
+            found[i] = frame
+            if len(found) == len(wanted):
+                break
+    if missing := sorted(wanted - set(found)):  # damaged frames are skipped, so fewer frames than messages
+        raise InputError(f"--index {' '.join(map(str, missing))}: {bag} has fewer readable frames on {topic}")
+    return found
+
+
+def bag_queries(bag: Path, topic: str, stamps: Sequence[float] = (),
+                indices: Sequence[int] = ()) -> list[tuple[str, str, np.ndarray]]:
+    """(label, short title, RGB) of query frames picked from a bag: the ``indices``-th frames of
+    ``topic``, then the frames stamped nearest ``stamps`` (seconds)."""
+    by_index = _frames_at(bag, topic, indices) if indices else {}
+    picked = [(f"frame {i}", by_index[i]) for i in indices]
+    picked += [(f"nearest {s:.3f} s", _nearest_frame(bag, topic, s)) for s in stamps]
+    return [(f"{bag.name}#{topic} {pick}: stamp {format_stamp(f.stamp_ns)}", f"{bag.name} t={f.seconds:.3f}", f.rgb)
+            for pick, f in picked]
+
+
 def cmd_query(args: argparse.Namespace) -> int:
-    """Top-k places of each query image, with scores, stamps and poses; optional montage PNG."""
-    from vpr_ros.bags.reader import place_image
+    """Top-k places of each query (image files, bag frames), with scores, stamps and poses; optional montage PNG.
+
+    Every input is read before the model loads, so a wrong path, topic or index fails at once.
+    """
     from vpr_ros.maps.place_map import PlaceMap
-    from vpr_ros.preprocess import load_image
 
     if args.k < 1:
         raise InputError(f"--k must be >= 1, got {args.k}")
-    images = [load_image(p) for p in args.images]
+    from_bag = bool(args.stamp or args.index)
+    if from_bag != bool(args.topic) or (from_bag and not args.bag):
+        raise InputError("frames of a bag are picked with all of --bag B --topic T and --stamp S or --index N")
+    if not args.images and not from_bag:
+        raise InputError("nothing to query: give image files, or --bag B --topic T with --stamp S or --index N")
+    require_files(args.images)
+    require_files(args.bag or [], "bag")
     info = PlaceMap.info(args.map)  # falls back to <map>.bak like load(), so the size below is the map's
+    picked = bag_queries(args.bag[0], args.topic, args.stamp or (), args.index or ()) if from_bag else []
+    from vpr_ros.preprocess import load_image  # imports torch: after the cheap checks
+
+    queries = [(str(p), p.name, load_image(p)) for p in args.images] + picked
     if args.image_size is None and info.model is not None:  # describe queries at the size the map was built with
         args.image_size = info.model.image_size
     extractor = make_extractor(args)
     pm = PlaceMap.load(info.path, extractor.identity)
-    scores, ids = pm.search(extractor.describe(images), args.k)
-    bags = {b.name: b for b in args.bag or []}
-    for qi, path in enumerate(args.images):
-        print(f"query {path}")
-        places = [(float(s), pm.place(int(i))) for s, i in zip(scores[qi], ids[qi], strict=True) if i >= 0]
-        for rank, (score, place) in enumerate(places, 1):
+    scores, ids = pm.search(extractor.describe([rgb for *_, rgb in queries]), args.k)
+    for qi, (name, title, rgb) in enumerate(queries):
+        print(f"query {name}")
+        for rank, (score, pid) in enumerate(((s, i) for s, i in zip(scores[qi], ids[qi], strict=True) if i >= 0), 1):
+            place = pm.place(int(pid))
             print(f"  #{rank} id {place.id}  score {score:.4f}  stamp {format_stamp(place.stamp_ns)}  "
-                  f"{_pose_text(place.pose)}")
+                  f"{pose_text(place.pose)}")
         if args.montage:
-            from vpr_ros.plotting import RetrievalTile, plot_retrieval
+            from vpr_ros.plotting import plot_retrieval, thumbnail
 
-            tiles = [RetrievalTile(place_image(p, bags), f"id {p.id} t={format_stamp(p.stamp_ns)}\n"
-                                   f"{_pose_text(p.pose).split(' [')[0]}", s) for s, p in places]
-            out = plot_retrieval(images[qi], tiles, _montage_path(args.montage, qi, len(args.images)),
-                                 f"{path.name}: top-{len(tiles)} places")
+            tiles = retrieval_tiles(pm, scores[qi], ids[qi], args.bag or [])
+            out = plot_retrieval(thumbnail(rgb, 512), tiles, _montage_path(args.montage, qi, len(queries)),
+                                 f"{title}: top-{len(tiles)} places")
             print(f"  montage {out}")
     return 0
 
@@ -191,16 +257,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="... and, when both have poses, at least this many metres apart (default 30)")
     p.add_argument("--dry-run", action="store_true", help="print the threshold without storing it")
     p.set_defaults(func=cmd_calibrate)
-    p = sub.add_parser("query", help="top-k places of a place map for query images")
+    p = sub.add_parser("query", help="top-k places of a place map for query images or frames of a bag",
+                       description="Top-k places of a place map for each query: image files, and/or frames of "
+                                   "a bag picked with --bag B --topic T and --stamp S or --index N.")
     p.add_argument("map", type=Path)
-    p.add_argument("images", nargs="+", type=Path)
-    add_model_args(p)
-    p.set_defaults(image_size=None)  # default: the map's input size
+    p.add_argument("images", nargs="*", type=Path, help="query image files")
+    add_model_args(p, MAP_SIZE)
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--montage", type=Path, metavar="PNG",
-                   help="write the query and its candidates (frames read back from the source bags)")
+                   help="write the query and its candidates (frames read back from the source bags); with "
+                        "several queries one file per query: PNG's name with -0, -1, ... before the suffix")
     p.add_argument("--bag", action="append", type=Path, metavar="PATH",
-                   help="where a source bag is now, if it moved (matched by file name)")
+                   help="a bag to read frames from: query frames (the first --bag, with --topic) and the map's "
+                        "own frames when a source bag has moved (matched by file name); repeatable")
+    p.add_argument("--topic", help="image topic of the query frames in the first --bag")
+    p.add_argument("--stamp", type=float, nargs="+", metavar="S",
+                   help="query with the frames whose header stamps are nearest these (seconds, e.g. 1700000002.9)")
+    p.add_argument("--index", type=int, nargs="+", metavar="N",
+                   help="query with these frames of --topic (0-based, in header-stamp order)")
     p.set_defaults(func=cmd_query)
 
 

@@ -1,6 +1,8 @@
-"""``vpr-ros visualize {matches,assignment,heatmap,retrieval,recall}``: run the model on image files and plot.
+"""``vpr-ros visualize {matches,assignment,attention,heatmap,retrieval,recall}``: run the model on image
+files and plot.
 
-The plots themselves are library functions in :mod:`vpr_ros.plotting`.
+The plots themselves are library functions in :mod:`vpr_ros.plotting` (BoQ's query attention in
+:mod:`vpr_ros.attention_maps`).
 """
 
 from __future__ import annotations
@@ -10,20 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from vpr_ros.cli.common import add_model_args, make_extractor
-from vpr_ros.plotting import (
-    RetrievalTile,
-    assignment_maps,
-    load_recall_json,
-    mutual_matches,
-    plot_assignment,
-    plot_heatmaps,
-    plot_matches,
-    plot_recall,
-    plot_retrieval,
-    resized_rgb,
-    thumbnail,
-)
+from vpr_ros.cli.common import CHECKPOINT_SIZE, MAP_SIZE, add_model_args, make_extractor, require_files, retrieval_tiles
+from vpr_ros.errors import InputError
+from vpr_ros.loop_closure.verification import MIN_MATCH_SIMILARITY
+
+MATCH_SIDE = 640  # longest side of each image in a match plot (aspect ratio kept)
 
 
 def _patch_features(extractor, image) -> tuple[np.ndarray, np.ndarray, object]:
@@ -33,14 +26,18 @@ def _patch_features(extractor, image) -> tuple[np.ndarray, np.ndarray, object]:
 
 
 def cmd_matches(args) -> int:
+    """Matches drawn on the images as they are (aspect ratio kept); the patch grid of the resized
+    model input maps onto them proportionally."""
+    from vpr_ros.plotting import mutual_matches, plot_matches, thumbnail
+
+    require_files([args.query, args.ref])
     ext = make_extractor(args)
-    size = ext.image_size
     da, ta, _ = _patch_features(ext, str(args.query))
     db, tb, _ = _patch_features(ext, str(args.ref))
     pairs, scores = mutual_matches(ta, tb, args.threshold, args.top_k)
-    title = (f"{len(pairs)} mutual matches (score >= {args.threshold}, top {args.top_k}) of "
+    title = (f"{len(pairs)} mutual matches (patch cosine >= {args.threshold:g}, top {args.top_k}) of "
              f"{ta.shape[0] * ta.shape[1]} patches; global cosine {float(da @ db):.3f}")
-    plot_matches(resized_rgb(args.query, size), resized_rgb(args.ref, size), pairs, scores, ta.shape[:2],
+    plot_matches(thumbnail(args.query, MATCH_SIDE), thumbnail(args.ref, MATCH_SIDE), pairs, scores, ta.shape[:2],
                  tb.shape[:2], args.out, title, args.threshold)
     print(f"wrote {args.out}: {len(pairs)} matches")
     return 0
@@ -49,7 +46,13 @@ def cmd_matches(args) -> int:
 def cmd_assignment(args) -> int:
     import torch
 
+    from vpr_ros.plotting import assignment_maps, plot_assignment, resized_rgb
+
+    require_files([args.image])
     ext = make_extractor(args)
+    if not hasattr(ext.model.aggregator, "log_assignment"):
+        raise InputError(f"{ext.model.cfg.arch} has no cluster assignment; `vpr-ros visualize attention` "
+                         "shows where its queries look")
     _, tokens, fmap = _patch_features(ext, str(args.image))
     with torch.inference_mode():
         log_plan = ext.model.aggregator.log_assignment(fmap)[0].float().cpu().numpy()
@@ -60,7 +63,32 @@ def cmd_assignment(args) -> int:
     return 0
 
 
+def cmd_attention(args) -> int:
+    """BoQ: where each block's learned queries look (:mod:`vpr_ros.attention_maps`)."""
+    import torch
+
+    from vpr_ros.attention_maps import plot_query_attention, query_attention
+    from vpr_ros.plotting import resized_rgb
+
+    require_files([args.image])
+    ext = make_extractor(args)
+    if not hasattr(ext.model.aggregator, "forward_with_attention"):
+        raise InputError(f"{ext.model.cfg.arch} has no learned queries (BoQ has); `vpr-ros visualize "
+                         "assignment` shows its clusters")
+    _, tokens, fmap = _patch_features(ext, str(args.image))
+    with torch.inference_mode():
+        _, maps = ext.model.aggregator.forward_with_attention(fmap)
+    attention = query_attention([m[0].float().cpu().numpy() for m in maps], tokens.shape[:2])
+    plot_query_attention(resized_rgb(args.image, ext.image_size), attention, args.out, args.queries,
+                         f"{ext.model.cfg.describe()}: {Path(args.image).name}")
+    print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_heatmap(args) -> int:
+    from vpr_ros.plotting import plot_heatmaps, resized_rgb
+
+    require_files([args.image])
     ext = make_extractor(args)
     _, tokens, _ = _patch_features(ext, str(args.image))
     plot_heatmaps(resized_rgb(args.image, ext.image_size), tokens, args.out, args.channels)
@@ -69,44 +97,42 @@ def cmd_heatmap(args) -> int:
 
 
 def cmd_retrieval(args) -> int:
-    from vpr_ros.bags.reader import place_image
+    """The query and its top-k places; tiles come through the same reader as ``vpr-ros query --montage``."""
     from vpr_ros.maps.place_map import PlaceMap
+    from vpr_ros.plotting import plot_retrieval, thumbnail
 
-    model = PlaceMap.info(args.map).model
-    if args.image_size is None and model is not None:
-        args.image_size = model.image_size
+    require_files([args.query])
+    info = PlaceMap.info(args.map)
+    if args.image_size is None and info.model is not None:
+        args.image_size = info.model.image_size
     ext = make_extractor(args)
-    pm = PlaceMap.load(args.map, ext.identity)
+    pm = PlaceMap.load(info.path, ext.identity)
     scores, ids = pm.search(ext.describe([str(args.query)]), args.k)
     positives = None if args.positives is None else set(args.positives)
-    tiles = []
-    for score, pid in zip(scores[0], ids[0], strict=True):
-        if pid < 0:
-            continue
-        place = pm.place(int(pid))
-        label = f"id {place.id} t={place.seconds:.2f}"
-        image = thumbnail(place_image(place))
-        tiles.append(RetrievalTile(image, label, float(score), None if positives is None else int(pid) in positives))
+    tiles = retrieval_tiles(pm, scores[0], ids[0], args.bag or [], positives)
     plot_retrieval(thumbnail(args.query, 512), tiles, args.out, None)
-    print(f"wrote {args.out}: " + ", ".join(f"{t.label} ({t.score:.3f})" for t in tiles))
+    print(f"wrote {args.out}: " + ", ".join(f"{t.label.splitlines()[0]} ({t.score:.3f})" for t in tiles))
     return 0
 
 
 def cmd_recall(args) -> int:
+    from vpr_ros.plotting import load_recall_json, plot_recall
+
+    require_files([args.results], "results")
     plot_recall(load_recall_json(args.results), args.out, args.title)
     print(f"wrote {args.out}")
     return 0
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``visualize {matches,assignment,heatmap,retrieval,recall}``; ``recall`` needs no model."""
+    """Register ``visualize {matches,assignment,attention,heatmap,retrieval,recall}``; ``recall`` needs no model."""
     vis = subparsers.add_parser("visualize", help="diagnostic plots (PNG)")
     sub = vis.add_subparsers(dest="plot", required=True)
 
-    def plot(name: str, help: str, func, model: bool = True) -> argparse.ArgumentParser:
+    def plot(name: str, help: str, func, model: bool = True, size: str = CHECKPOINT_SIZE) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         if model:
-            add_model_args(p)
+            add_model_args(p, size)
         p.add_argument("--out", required=True, type=Path, help="output PNG")
         p.set_defaults(func=func)
         return p
@@ -115,19 +141,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("query", type=Path)
     p.add_argument("ref", type=Path)
     p.add_argument("--top-k", type=int, default=200, help="keep the best K matches (default 200)")
-    p.add_argument("--threshold", type=float, default=0.3, help="minimum patch cosine similarity (default 0.3)")
+    p.add_argument("--threshold", type=float, default=MIN_MATCH_SIMILARITY,
+                   help=f"minimum patch cosine similarity (default {MIN_MATCH_SIMILARITY}, as geometric verification)")
     p = plot("assignment", "aggregator cluster of each patch and the dustbin share", cmd_assignment)
     p.add_argument("image", type=Path)
+    p = plot("attention", "BoQ: cross-attention of the learned queries over the patches", cmd_attention)
+    p.add_argument("image", type=Path)
+    p.add_argument("--queries", type=int, default=5, help="most focused queries shown per block (default 5)")
     p = plot("heatmap", "patch feature maps: mean, max, L2 norm, top-variance channels", cmd_heatmap)
     p.add_argument("image", type=Path)
     p.add_argument("--channels", type=int, default=1, help="highest-variance channels to show (default 1: 2x2 grid)")
     p = plot("retrieval", "query and its top-k places; tiles read back through each place's source (bag frame "
-             "or image file)", cmd_retrieval)
+             "or image file)", cmd_retrieval, size=MAP_SIZE)
     p.add_argument("map", type=Path, help="place map folder")
     p.add_argument("query", type=Path)
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--positives", type=int, nargs="*", metavar="ID",
                    help="place ids that are correct for the query (green); others red")
+    p.add_argument("--bag", action="append", type=Path, metavar="PATH",
+                   help="where a source bag of the map is now, if it moved (matched by file name); repeatable")
     p = plot("recall", 'recall@K curves from JSON {"label": {"1": 0.9, "5": 0.95}}', cmd_recall, model=False)
     p.add_argument("results", type=Path)
     p.add_argument("--title", default="recall@K")

@@ -27,7 +27,8 @@ DEMO_CHECKPOINT = Path(__file__).resolve().parents[1] / "synth" / "data" / "mode
 
 # Launch arguments that set the node parameter of the same name; their default "" leaves it unset.
 PARAMETER_ARGUMENTS: dict[str, str] = {
-    "checkpoint": "SALAD / A²GC checkpoint file; unset: the params file's, else the bundled demo model",
+    "checkpoint": "checkpoint file (SALAD, A²GC, MegaLoc, BoQ or .onnx); unset: the params file's, else the "
+                  "bundled demo model",
     "model_config": "JSON with model options; unset: the params file's, else the .json next to the checkpoint",
     "image_size": "model input 'H,W' or '[H, W]'; unset: the params file's, else the map's or the model's",
     "map": "place map folder; unset: the params file's, else $ROS_HOME/vpr_ros/<checkpoint name>.map",

@@ -177,7 +177,8 @@ class LocalizeNode(Node):
 
     def _load_model(self, p: dict[str, Any]) -> DescriptorExtractor:
         if not p["checkpoint"]:
-            raise StartupError("parameter 'checkpoint' is empty: set it to a SALAD/A²GC checkpoint file")
+            raise StartupError("parameter 'checkpoint' is empty: set it to a checkpoint file (SALAD, A²GC, MegaLoc, "
+                               "BoQ, or an exported .onnx)")
         size: tuple[int, ...] | None = tuple(int(s) for s in p["image_size"])
         if len(size) != 2:
             raise StartupError(f"image_size must be [H, W], got {list(size)}")

@@ -3,6 +3,7 @@
 Used by the demo to feed the localization node, and usable on its own::
 
     python -m vpr_ros.ros.player demo_out/traversal2 --rate 2
+    python -m vpr_ros.ros.player BAG --remap /camera/image_raw/compressed:=/front/image_raw/compressed
 
 Messages go out on their recorded topics at their recorded (receive) times, scaled by ``rate``.
 ROS 2 bags are published as the CDR bytes they hold; ROS 1 bags are converted to CDR first. The
@@ -107,7 +108,8 @@ def load_bag(path: str | Path, topics: Sequence[str] | None = None) -> tuple[lis
 
 class BagPlayer:
     """Publishes a loaded bag from ``node``; the caller's executor is spun between messages, so
-    the same thread can also run subscriptions that collect answers."""
+    the same thread can also run subscriptions that collect answers. ``remap`` maps a recorded
+    topic to the topic it is published on."""
 
     def __init__(self, node: Node, messages: list[Recorded], types: dict[str, str], rate: float = 1.0,
                  qos: QoSProfile = RELIABLE, remap: dict[str, str] | None = None) -> None:
@@ -150,6 +152,14 @@ class BagPlayer:
         return PlayStats(counts, time.monotonic() - t0, late)
 
 
+def parse_remap(text: str) -> tuple[str, str]:
+    """``FROM:=TO`` (as ``ros2 bag play --remap`` takes it) as a pair of topic names."""
+    old, sep, new = text.partition(":=")
+    if not sep or not old or not new or ":=" in new:
+        raise argparse.ArgumentTypeError(f"expected FROM:=TO, e.g. /camera/image_raw:=/front/image_raw; got {text!r}")
+    return old, new
+
+
 def main(argv: list[str] | None = None) -> int:
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -158,10 +168,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("bag", type=Path)
     parser.add_argument("--rate", type=float, default=1.0, help="playback speed factor (default 1)")
     parser.add_argument("--topics", nargs="*", help="topics to play (default: all)")
+    parser.add_argument("--remap", action="append", type=parse_remap, default=[], metavar="FROM:=TO",
+                        help="publish the bag's topic FROM on topic TO instead; repeatable")
     parser.add_argument("--no-wait", action="store_true", help="start without waiting for subscribers")
     args = parser.parse_args(argv)
+    remap = dict(args.remap)
     try:
         messages, types = load_bag(args.bag, args.topics)
+        if unknown := sorted(set(remap) - set(types)):
+            raise BagError(f"--remap: {args.bag} has no played topic {', '.join(unknown)}; its topics: "
+                           f"{', '.join(sorted(types))}")
     except VprError as exc:  # a missing or damaged bag, an unknown topic: one line, exit 2
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -170,12 +186,13 @@ def main(argv: list[str] | None = None) -> int:
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
-        player = BagPlayer(node, messages, types, args.rate)
+        player = BagPlayer(node, messages, types, args.rate, remap=remap)
         if not args.no_wait:
             print("waiting for a subscriber to the image topic ...")
             player.wait_for_subscribers(executor, timeout=float("inf"))
         stats = player.play(executor)
-        print(f"published {stats.published} in {stats.seconds:.1f} s (worst lag {stats.late_s * 1000:.0f} ms)")
+        published = {remap.get(topic, topic): n for topic, n in stats.published.items()}
+        print(f"published {published} in {stats.seconds:.1f} s (worst lag {stats.late_s * 1000:.0f} ms)")
     except KeyboardInterrupt:
         pass
     finally:
