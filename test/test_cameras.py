@@ -13,6 +13,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 from test_adversarial_maps import resign
 
+from vpr_ros.cli import main
 from vpr_ros.errors import InputError
 from vpr_ros.extractor import load_extractor
 from vpr_ros.loop_closure.matches import MatchPrior, camera_prior
@@ -43,7 +44,7 @@ def unit(rng: np.random.Generator, n: int, d: int = 16) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def test_places_keep_their_camera_through_save_and_load(tmp_path: Path) -> None:
+def test_places_keep_their_camera_through_save_and_load(tmp_path: Path, capsys) -> None:
     pm = PlaceMap.create(16)
     pm.add(unit(np.random.default_rng(0), 3), [(1, 0), (2, 0), (3, 0)], cameras=["front", "rear", "front"])
     pm.add(unit(np.random.default_rng(1), 1), [(4, 0)])
@@ -51,6 +52,9 @@ def test_places_keep_their_camera_through_save_and_load(tmp_path: Path) -> None:
     pm.save(tmp_path / "m")
     loaded = PlaceMap.load(tmp_path / "m")
     assert [loaded.place(i).camera for i in range(4)] == ["front", "rear", "front", ""]
+    assert main(["map-info", str(tmp_path / "m")]) == 0
+    out = capsys.readouterr().out
+    assert "camera       front: 2 places" in out and "camera       rear: 1 places" in out
     with pytest.raises(InputError, match="cameras has 1 entries for 2"):
         pm.add(unit(np.random.default_rng(2), 2), [(5, 0), (6, 0)], cameras=["front"])
 

@@ -95,6 +95,10 @@ def cmd_map_info(args: argparse.Namespace) -> int:
         print("extent       " + "  ".join(f"{a} [{lo[i]:.2f}, {hi[i]:.2f}]" for i, a in enumerate("xyz")))
     for source, n in Counter(pm.place(int(i)).source for i in ids).most_common():
         print(f"source       {source or '(none)'}: {n} places")
+    cameras = Counter(pm.place(int(i)).camera for i in ids)
+    if set(cameras) != {""}:  # named cameras (a node with several)
+        for camera, n in cameras.most_common():
+            print(f"camera       {camera or '(unnamed)'}: {n} places")
     return 0
 
 
