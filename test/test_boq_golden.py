@@ -139,6 +139,8 @@ TINY_BOQ = {"model": "boq_dinov2_12288", "backbone": {"embed_dim": 64, "depth": 
             "aggregator": {"proj_channels": 64, "num_queries": 4, "row_dim": 2}, "num_trainable_blocks": 1}
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log:UserWarning")  # steps called by hand
+@pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")
 def test_lightning_module_trains_a_boq_aggregator(tmp_path: Path) -> None:
     pl = pytest.importorskip("pytorch_lightning")
     from torch.utils.data import DataLoader, TensorDataset

@@ -136,6 +136,7 @@ def test_unreadable_image_is_black_and_logged(golden_root: Path, golden: dict, c
 # -- model: freezing and optimiser ----------------------------------------------------------------
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log:UserWarning")  # steps called by hand
 def test_vitb_layout_freezes_all_but_last_four_blocks() -> None:
     # dino_salad's depth-12 layout at a small width (the freezing rule does not depend on width)
     m = VPRLightningModule("dino_salad", backbone={"embed_dim": 64, "num_heads": 4, "img_size": 56},
@@ -165,6 +166,7 @@ def test_vitb_layout_freezes_all_but_last_four_blocks() -> None:
     assert opt["lr_scheduler"]["interval"] == "step" and opt["optimizer"].param_groups[0]["lr"] == 6e-5
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log:UserWarning")  # steps called by hand
 def test_from_scratch_trains_embeddings_and_needs_every_block() -> None:
     kw = {"backbone": {"embed_dim": 64, "depth": 2, "num_heads": 4, "img_size": 56},
           "aggregator": {"num_clusters": 4, "cluster_dim": 8, "token_dim": 8}}
@@ -190,6 +192,7 @@ TINY_MODULE = {"backbone": {"embed_dim": 64, "depth": 2, "num_heads": 4, "img_si
                "aggregator": {"num_clusters": 4, "cluster_dim": 8, "token_dim": 8}, "num_trainable_blocks": 1}
 
 
+@pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")
 def test_lightning_checkpoint_loads_with_load_model(tmp_path: Path) -> None:
     torch.manual_seed(0)
     module = VPRLightningModule(**TINY_MODULE)
