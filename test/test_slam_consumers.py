@@ -112,6 +112,12 @@ def test_rtabmap_global_pose_from_a_localize_node(tmp_path: Path, photos) -> Non
                 raise AssertionError(f"no global pose for {stamp}; ~/matches: {client.matches}")
             msg_out = next(m for m in got if (m.header.stamp.sec, m.header.stamp.nanosec) == stamp)
             check_rtabmap_message(msg_out, stamp, "front_camera_optical_frame", poses[idx], MOUNT)
+        # A driver that leaves header.frame_id empty (and no camera_frame set): no sensor frame to name, so no
+        # global pose (RTAB-Map would fail the TF lookup), counted in the diagnostics instead.
+        m = client.send_and_wait(jpeg_msg(photos[names[2]], (2002, 0), frame_id=""))
+        assert m["accepted_id"] == 2
+        assert client.spin_until(lambda: client.diag_values().get("global poses skipped (no camera frame)") == "1", 5)
+        assert all(g.header.stamp.sec != 2002 for g in got)
         # ~/match_pose keeps the place's own (base) pose in the map frame for consumers that want that.
         assert client.spin_until(lambda: len(client.poses) >= 2, 10)
         assert client.poses[0].header.frame_id == "map"
