@@ -159,3 +159,26 @@ def test_camera_parameters_are_checked() -> None:
     for names in (["front", "front"], ["2cam"], ["front/left"], [""]):
         with pytest.raises(InputError):
             check_camera_names(names)
+
+
+def test_a_silent_camera_warns_while_the_other_streams(monkeypatch) -> None:
+    """The frame timeout is per camera: the rear camera dying shows even though front frames arrive."""
+    from vpr_ros import health as health_module
+
+    now = [1000.0]
+    monkeypatch.setattr(health_module.time, "monotonic", lambda: now[0])
+    monitor = health_module.HealthMonitor(frame_timeout=5.0, sources={"front": "/front/image_raw",
+                                                                      "rear": "/rear/image_raw"})
+    monitor.received("front")
+    monitor.received("rear")
+    for _ in range(10):  # 10 s of front frames only
+        now[0] += 1.0
+        monitor.received("front")
+        monitor.frame(rejected=False)
+    status = monitor.status()
+    assert status.level == health_module.WARN
+    assert status.message == "no frame for 10 s on /rear/image_raw"
+    monitor.received("rear")
+    assert monitor.status() == health_module.Health(health_module.OK, "")
+    now[0] += 6.0  # now both are silent: both named
+    assert monitor.status().message == "no frame for 6 s on /front/image_raw; no frame for 6 s on /rear/image_raw"

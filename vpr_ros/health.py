@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 OK, WARN, ERROR = 0, 1, 2  # diagnostic_msgs/DiagnosticStatus levels
@@ -26,23 +27,26 @@ class HealthMonitor:
 
     ERROR: the last map save failed (until one succeeds), or every one of at least ``min_frames``
     recent frames was rejected. WARN: more than ``warn_fraction`` of the recent frames were rejected,
-    or no frame arrived for ``frame_timeout`` seconds (the message names ``sources``, e.g. the topics).
+    or no frame arrived for ``frame_timeout`` seconds from one of the ``sources`` (a camera name ->
+    what to call it in the message, e.g. its topics; a plain string: one unnamed camera). Each camera
+    is watched on its own, so a dead rear camera shows while the front one streams.
     """
 
     def __init__(self, window: int = 50, warn_fraction: float = 0.2, min_frames: int = 5,
-                 frame_timeout: float = 5.0, sources: str = "the camera") -> None:
+                 frame_timeout: float = 5.0, sources: str | Mapping[str, str] = "the camera") -> None:
         self._outcomes: deque[bool] = deque(maxlen=window)  # True: rejected
         self.warn_fraction, self.min_frames = warn_fraction, min_frames
-        self.frame_timeout, self.sources = frame_timeout, sources
+        self.frame_timeout = frame_timeout
+        self.sources = {"": sources} if isinstance(sources, str) else dict(sources)
         self.save_error: str | None = None
-        self._last_frame: float | None = None
+        self._last_frame: dict[str, float | None] = dict.fromkeys(self.sources)
         self._started = time.monotonic()
         self._lock = threading.Lock()
 
-    def received(self) -> None:
-        """A frame arrived (whatever becomes of it)."""
+    def received(self, source: str = "") -> None:
+        """A frame arrived from ``source`` (whatever becomes of it)."""
         with self._lock:
-            self._last_frame = time.monotonic()
+            self._last_frame[source] = time.monotonic()
 
     def frame(self, rejected: bool) -> None:
         with self._lock:
@@ -64,8 +68,10 @@ class HealthMonitor:
         if outcomes and bad / len(outcomes) > self.warn_fraction:
             return Health(WARN, f"{bad} of the last {len(outcomes)} frames rejected")
         with self._lock:
-            silent = time.monotonic() - (self._last_frame or self._started)
-        if silent > self.frame_timeout:
-            never = self._last_frame is None
-            return Health(WARN, f"{'no frame yet' if never else 'no frame'} for {silent:.0f} s on {self.sources}")
+            now, last = time.monotonic(), dict(self._last_frame)
+        silent = [f"{'no frame yet' if t is None else 'no frame'} for {now - (t or self._started):.0f} s on "
+                  f"{self.sources.get(name, name)}" for name, t in last.items()
+                  if now - (t or self._started) > self.frame_timeout]
+        if silent:
+            return Health(WARN, "; ".join(silent))
         return Health(OK, "")

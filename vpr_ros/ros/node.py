@@ -88,7 +88,8 @@ class LocalizeNode(Node):
         self.global_pose_skipped = 0  # accepted matches without a camera frame to publish ~/global_pose in
         topics = {cam.name: self._image_topics(cam.image_topic) for cam in self.cameras}
         listening = " and ".join(t for pair in topics.values() for t in pair)
-        self.health = HealthMonitor(frame_timeout=float(p["frame_timeout"]), sources=listening)
+        self.health = HealthMonitor(frame_timeout=float(p["frame_timeout"]),
+                                    sources={name: " and ".join(pair) for name, pair in topics.items()})
         self._lock = threading.Lock()  # guards the counters and the pose of the last frame
 
         latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -205,7 +206,7 @@ class LocalizeNode(Node):
     # -- callbacks -------------------------------------------------------------------------------
 
     def _on_image(self, msg: Image | CompressedImage, camera: Camera, topic: str) -> None:
-        self.health.received()
+        self.health.received(camera.name)
         self.slot.put((msg, time.monotonic(), topic, camera), key=camera.name)
 
     def _on_pose(self, msg: Odometry | PoseStamped) -> None:
