@@ -142,7 +142,7 @@ TINY_BOQ = {"model": "boq_dinov2_12288", "backbone": {"embed_dim": 64, "depth": 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log:UserWarning")  # steps called by hand
 @pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")
 def test_lightning_module_trains_a_boq_aggregator(tmp_path: Path) -> None:
-    pl = pytest.importorskip("pytorch_lightning")
+    import pytorch_lightning as pl
     from torch.utils.data import DataLoader, TensorDataset
 
     from vpr_ros.training.export import export_flat
@@ -182,7 +182,6 @@ def test_lightning_module_trains_a_boq_aggregator(tmp_path: Path) -> None:
 
 
 def test_megaloc_fine_tuning_starts_from_the_released_weights() -> None:
-    pytest.importorskip("pytorch_lightning")
     from vpr_ros.training.module import VPRLightningModule
 
     megaloc = REPO / "test" / "data" / "megaloc"
@@ -198,7 +197,6 @@ def test_megaloc_fine_tuning_starts_from_the_released_weights() -> None:
 
 
 def test_boq_training_config_follows_the_recipe() -> None:
-    pytest.importorskip("pytorch_lightning")
     from vpr_ros.training.config import build_model_config
 
     cfg = yaml.safe_load((REPO / "config" / "train_boq.yaml").read_text())
@@ -272,7 +270,6 @@ def test_query_attention_maps_follow_the_patch_grid(model: VPRModel) -> None:
 
 
 def test_onnx_export_matches_the_model(model: VPRModel, tmp_path: Path) -> None:
-    pytest.importorskip("onnxruntime")
     from vpr_ros.models.onnx_export import check_images, check_parity, export_onnx
 
     info = export_onnx(model, (112, 112), tmp_path / "model.onnx")

@@ -245,7 +245,6 @@ def test_cli_eval_end_to_end(tmp_path):
 
 
 def test_cli_missing_files_exit_2(tmp_path):
-    pytest.importorskip("vpr_ros.evaluation.datasets")
     (tmp_path / "data").mkdir()
     proc = _cli("--checkpoint", str(GOLDEN / "tiny_salad_state_dict.pt"), "--config", str(GOLDEN / "config.json"),
                 "--datasets", "pitts30k_test", "sped", "--data-root", str(tmp_path / "data"),

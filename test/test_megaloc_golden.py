@@ -213,7 +213,6 @@ def test_describe_build_map_query_and_assignment_through_the_cli(model: VPRModel
 
 
 def test_onnx_export_matches_the_model(model: VPRModel, tmp_path: Path) -> None:
-    pytest.importorskip("onnxruntime")
     from vpr_ros.models.onnx_export import check_images, check_parity, export_onnx
 
     info = export_onnx(model, (112, 112), tmp_path / "model.onnx")

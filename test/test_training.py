@@ -16,13 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl  # noqa: E402
 import torch
 from PIL import Image
-
-pytest.importorskip("pytorch_lightning")
-pytest.importorskip("pytorch_metric_learning")
-
-import pytorch_lightning as pl  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from vpr_ros.evaluation.datasets import load_dataset  # noqa: E402
