@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from family_cli import build_query_describe
 
+from vpr_ros.cli import main
 from vpr_ros.models import MODELS, BoQConfig, VPRModel, get_spec, load_model
 from vpr_ros.models.loading import canonical_state_dict, model_family
 from vpr_ros.preprocess import preprocess_exact
@@ -215,37 +217,8 @@ def test_boq_training_config_follows_the_recipe() -> None:
 
 def test_describe_build_map_query_and_attention_through_the_cli(model: VPRModel, tmp_path: Path, capsys,
                                                                   caplog) -> None:
-    import cv2
-
-    from vpr_ros.bags.writer import write_bag
-    from vpr_ros.cli import main
-    from vpr_ros.extractor import DescriptorExtractor
-    from vpr_ros.maps.place_map import PlaceMap
-    from vpr_ros.preprocess import load_image
-
-    names = ("building.jpg", "graf1.jpg", "home.jpg", "fruits.jpg", "baboon.jpg", "board.jpg")
-    photos = [cv2.resize(load_image(SCENES / n), (160, 120), interpolation=cv2.INTER_AREA) for n in names]
-    t0 = 1_700_000_000 * 10**9
-    bag = write_bag(tmp_path / "drive", [(t0 + i * 10**8, p) for i, p in enumerate(photos)],
-                    [(t0 + (i - 2) * 5 * 10**7, (0.25 * (i - 2), 0.0, 0.0), (0.0, 0.0, 0.0, 1.0)) for i in range(16)])
-    model_args = ["--checkpoint", str(WEIGHTS), "--config", str(DATA / "config.json"), "--image-size", "112", "112",
-                  "--device", "cpu"]
-    assert main(["build-map", "--bag", str(bag), "--image-topic", "/camera/image_raw", "--pose-topic", "/odom",
-                 *model_args, "--out", str(tmp_path / "m")]) == 0
-    identity = PlaceMap.info(tmp_path / "m").model
+    model_args, query, identity = build_query_describe(model, WEIGHTS, DATA / "config.json", tmp_path, capsys, 4)
     assert identity.arch == "boq/vit128x3 c128 q8x2 r4 (512-d)" and identity.descriptor_dim == 512
-    assert json.loads((tmp_path / "m" / "manifest.json").read_text())["model"]["arch"].startswith("boq/")
-
-    query = tmp_path / "baboon.png"  # frame 4, lossless
-    cv2.imwrite(str(query), cv2.cvtColor(photos[4], cv2.COLOR_RGB2BGR))
-    capsys.readouterr()
-    assert main(["query", str(tmp_path / "m"), str(query), *model_args, "--k", "2"]) == 0
-    assert "#1 id 4  score 1.0000" in capsys.readouterr().out
-
-    assert main(["describe", str(query), str(SCENES / "graf1.jpg"), *model_args, "--out", str(tmp_path / "d.npy")]) == 0
-    want = DescriptorExtractor(model, (112, 112), device="cpu").describe([str(query), str(SCENES / "graf1.jpg")])
-    np.testing.assert_allclose(np.load(tmp_path / "d.npy"), want, rtol=0, atol=1e-6)
-
     out = tmp_path / "attention.png"
     assert main(["visualize", "attention", str(query), *model_args, "--queries", "3", "--out", str(out)]) == 0
     assert out.stat().st_size > 0
