@@ -43,17 +43,24 @@ def cmd_matches(args) -> int:
     return 0
 
 
+def _aggregator_input(args, method: str, missing: str):
+    """The extractor, patch tokens and aggregator input of ``args.image``, once the model's aggregator is
+    known to have ``method`` (else an InputError: the model ``missing`` ...)."""
+    require_files([args.image])
+    ext = make_extractor(args)
+    if not hasattr(ext.model.aggregator, method):
+        raise InputError(f"{ext.model.cfg.arch} {missing}")
+    _, tokens, fmap = _patch_features(ext, str(args.image))
+    return ext, tokens, fmap
+
+
 def cmd_assignment(args) -> int:
     import torch
 
     from vpr_ros.plotting import assignment_maps, plot_assignment, resized_rgb
 
-    require_files([args.image])
-    ext = make_extractor(args)
-    if not hasattr(ext.model.aggregator, "log_assignment"):
-        raise InputError(f"{ext.model.cfg.arch} has no cluster assignment; `vpr-ros visualize attention` "
-                         "shows where its queries look")
-    _, tokens, fmap = _patch_features(ext, str(args.image))
+    why = "has no cluster assignment; `vpr-ros visualize attention` shows where its queries look"
+    ext, tokens, fmap = _aggregator_input(args, "log_assignment", why)
     with torch.inference_mode():
         log_plan = ext.model.aggregator.log_assignment(fmap)[0].float().cpu().numpy()
     clusters, dustbin = assignment_maps(log_plan, tokens.shape[:2])
@@ -70,12 +77,8 @@ def cmd_attention(args) -> int:
     from vpr_ros.attention_maps import plot_query_attention, query_attention
     from vpr_ros.plotting import resized_rgb
 
-    require_files([args.image])
-    ext = make_extractor(args)
-    if not hasattr(ext.model.aggregator, "forward_with_attention"):
-        raise InputError(f"{ext.model.cfg.arch} has no learned queries (BoQ has); `vpr-ros visualize "
-                         "assignment` shows its clusters")
-    _, tokens, fmap = _patch_features(ext, str(args.image))
+    why = "has no learned queries (BoQ has); `vpr-ros visualize assignment` shows its clusters"
+    ext, tokens, fmap = _aggregator_input(args, "forward_with_attention", why)
     with torch.inference_mode():
         _, maps = ext.model.aggregator.forward_with_attention(fmap)
     attention = query_attention([m[0].float().cpu().numpy() for m in maps], tokens.shape[:2])
