@@ -127,3 +127,18 @@ def test_latency_stats_across_threads() -> None:
         t.join()
     assert stats.count == 4000 and len(stats) == 500
     assert 0.01 <= stats.percentile(1) <= stats.percentile(99) <= 0.02
+
+
+def test_one_slot_per_camera_and_take_all_returns_each_newest() -> None:
+    """A newer frame replaces only its own camera's pending frame; take_all hands over one per camera."""
+    slot: LatestSlot[str] = LatestSlot()
+    assert slot.put("f1", key="front") is False
+    assert slot.put("r1", key="rear") is False
+    assert slot.put("f2", key="front") is True  # replaces f1, not r1
+    assert slot.pending == 2
+    assert slot.take_all(0) == ["f2", "r1"]
+    assert (slot.received, slot.taken, slot.dropped, slot.pending) == (3, 2, 1, 0)
+    assert slot.take_all(0.01) == []
+    slot.put("r2", key="rear")
+    slot.close()
+    assert slot.take_all() == [] and slot.dropped == 2
