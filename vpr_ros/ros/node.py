@@ -41,23 +41,19 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from vpr_ros.bags.poses import pose_from_msg
 from vpr_ros.errors import MapSaveError, VprError
-from vpr_ros.extractor import DescriptorExtractor, load_extractor, resolve_device
+from vpr_ros.extractor import DescriptorExtractor
 from vpr_ros.frame_slot import LatencyStats, LatestSlot
 from vpr_ros.health import HealthMonitor
 from vpr_ros.image_msgs import image_to_rgb, stamp_of
 from vpr_ros.loop_closure.matches import MatchPrior, camera_prior
 from vpr_ros.loop_closure.recognizer import CameraFrame, Outcome, PlaceRecognizer
 from vpr_ros.maps.place_map import PlaceMap
-from vpr_ros.models.onnx_model import is_onnx_file
 from vpr_ros.ros import params as node_params
 from vpr_ros.ros.params import PARAMS, RUNTIME, Camera, check_choice, loop_closure_config
+from vpr_ros.ros.startup import StartupError, image_size_param, node_extractor
 from vpr_ros.types import ModelIdentity, Pose, ns_to_pair, to_ns
 
 NODE_NAME = "vpr_localize"
-
-
-class StartupError(RuntimeError):
-    """A configuration the node cannot run with (reported as one fatal line)."""
 
 
 class LocalizeNode(Node):
@@ -177,21 +173,12 @@ class LocalizeNode(Node):
         return raw, compressed
 
     def _load_model(self, p: dict[str, Any]) -> DescriptorExtractor:
-        if not p["checkpoint"]:
-            raise StartupError("parameter 'checkpoint' is empty: set it to a checkpoint file (SALAD, A²GC, MegaLoc, "
-                               "BoQ, or an exported .onnx)")
-        size: tuple[int, ...] | None = tuple(int(s) for s in p["image_size"])
-        if len(size) != 2:
-            raise StartupError(f"image_size must be [H, W], got {list(size)}")
-        if size == (0, 0):  # not set: the existing map's size, else the checkpoint's .json, else 322x322
+        size = image_size_param(p["image_size"])
+        if size is None:  # not set: the existing map's size, else the checkpoint's .json, else 322x322
             model = PlaceMap.info(self.map_path).model if self.map_path and PlaceMap.exists(self.map_path) else None
             size = None if model is None else model.image_size
-        # on a GPU each frame is one CUDA-graph replay of upload, resize, model and download (docs/gpu.md)
-        gpu = not is_onnx_file(p["checkpoint"]) and resolve_device(p["device"]).type == "cuda"
-        extractor = load_extractor(p["checkpoint"], p["model_config"] or None, size, p["device"], p["precision"],
-                                   batch_size=len(self.cameras), mode="latency" if gpu else "standard")
-        extractor.warmup(1)
-        return extractor
+        return node_extractor(p["checkpoint"], p["model_config"], size, p["device"], p["precision"],
+                              batch_size=len(self.cameras))
 
     def _open_map(self, p: dict[str, Any], model_id: ModelIdentity) -> PlaceMap:
         path = self.map_path
