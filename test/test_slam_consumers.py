@@ -4,13 +4,17 @@ with camera frames published best effort (sensor-data QoS) as camera drivers do.
 tests need no transport profile (raw large frames: test_dds_large_frames.py).
 
 - RTAB-Map ``global_pose`` (geometry_msgs/PoseWithCovarianceStamped, its subscription: reliable, depth
-  5): ``header.frame_id`` is the *sensor* frame (RTAB-Map looks up sensor -> base in TF and multiplies
-  it in), ``header.stamp`` the time the pose held (it corrects by odometry since then), the pose that
-  sensor's pose in the map frame, ``pose.covariance`` a row-major 6x6 over (x, y, z, roll, pitch, yaw)
-  that it inverts into an information matrix.
+  1), a pose *prior*, published in localize mode only: ``header.frame_id`` is the *sensor* frame
+  (RTAB-Map looks up sensor -> base in TF and multiplies it in), ``header.stamp`` the time the pose
+  held (it corrects by odometry since then), the pose that sensor's pose in the map frame,
+  ``pose.covariance`` a row-major 6x6 over (x, y, z, roll, pitch, yaw) that it inverts into an
+  information matrix. A place seen by a camera whose mounting (``camera_pose``) is unknown gives
+  none: its base pose would be taken for the camera's.
 - LIO-SAM ``lio_loop/loop_closure_detection`` (std_msgs/Float64MultiArray, its subscription: best
   effort, depth 1): exactly two values ``[t_current, t_previous]``, the header stamps in seconds of
-  frames it also holds, at least its ``historyKeyframeSearchTimeDiff`` (30 s) apart.
+  frames it also holds, at least its ``historyKeyframeSearchTimeDiff`` (30 s) apart, mapped onto its
+  keyframes by its own rule (current: the oldest keyframe at or after; previous: the newest at or before,
+  else keyframe 0). Sent in slam mode only, and never for a place loaded from another run's map.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from ros_harness import Client, jpeg_msg, odom_msg, start_node, stop_node
 from scipy.spatial.transform import Rotation
 from sensor_msgs.msg import CompressedImage
 from std_msgs.msg import Float64MultiArray
+from test_loop_pairs import liosam_keyframes
 
 from vpr_ros.extractor import load_extractor
 from vpr_ros.maps.place_map import PlaceMap
@@ -38,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "vpr_ros" / "synth" / "data" / "models" / "demo_salad.pt"
 SCENES = REPO / "vpr_ros" / "synth" / "data" / "scenes"
 NAMES = ["building", "graf1", "home", "fruits", "apple", "board", "cards", "orange"]
-RTABMAP_QOS = QoSProfile(depth=5)  # rclcpp's default for create_subscription(topic, 5): reliable, volatile
+RTABMAP_QOS = QoSProfile(depth=1)  # CoreWrapper's global_pose subscription: depth 1, reliable, volatile
 LIOSAM_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
 # A camera 0.3 m ahead of and 1.2 m above the base, in the optical convention (x right, y down, z forward).
 OPTICAL = Rotation.from_matrix(np.array([[0, 0, 1], [-1, 0, 0], [0, -1, 0]]))
@@ -88,7 +93,9 @@ def test_rtabmap_global_pose_from_a_localize_node(tmp_path: Path, photos) -> Non
     poses = [Pose((5.0 * i, 2.0 * i, 0.0), tuple(Rotation.from_euler("z", 30 * i, degrees=True).as_quat()), "map")
              for i in range(len(names))]
     pm = PlaceMap.create(demo.descriptor_dim, model_id=demo.identity)
-    pm.add(demo.describe([photos[n] for n in names]), [(100 + i, 0) for i in range(len(names))], poses=poses)
+    # place 4 was seen by a camera this node does not have: its mounting is unknown
+    pm.add(demo.describe([photos[n] for n in names]), [(100 + i, 0) for i in range(len(names))], poses=poses,
+           cameras=["", "", "", "", "other", ""])
     pm.save(tmp_path / "m.map")
     proc = start_node({"checkpoint": str(DEMO), "map": str(tmp_path / "m.map"), "device": "cpu", "consistency_k": 1,
                        "threshold": 0.9, "camera_pose": MOUNT},
@@ -118,6 +125,12 @@ def test_rtabmap_global_pose_from_a_localize_node(tmp_path: Path, photos) -> Non
         assert m["accepted_id"] == 2
         assert client.spin_until(lambda: client.diag_values().get("global poses skipped (no camera frame)") == "1", 5)
         assert all(g.header.stamp.sec != 2002 for g in got)
+        # A place seen by a camera of unknown mounting: its base pose must not pass for the camera's pose.
+        m = client.send_and_wait(jpeg_msg(photos[names[4]], (2003, 0), frame_id="front_camera_optical_frame"))
+        assert m["accepted_id"] == 4
+        assert client.spin_until(lambda: client.diag_values().get("global poses skipped (no camera_pose)") == "1", 5)
+        assert all(g.header.stamp.sec != 2003 for g in got) and len(got) == 2
+        assert client.loops == []  # localize mode: no LIO-SAM pairs (the map is another run's)
         # ~/match_pose keeps the place's own (base) pose in the map frame for consumers that want that.
         assert client.spin_until(lambda: len(client.poses) >= 2, 10)
         assert client.poses[0].header.frame_id == "map"
@@ -128,11 +141,17 @@ def test_rtabmap_global_pose_from_a_localize_node(tmp_path: Path, photos) -> Non
     assert code == 0, out
 
 
-def test_two_cameras_feed_lio_sam_and_rtabmap(tmp_path: Path, photos) -> None:
-    """One slam node, front and rear cameras on their own topics (two best-effort publishers): both are
-    described, places remember their camera, and when the rear camera passes a place the front camera
-    saw 50 s earlier, LIO-SAM gets [t_rear_frame, t_front_frame] and RTAB-Map the rear camera's pose."""
+def test_two_cameras_feed_lio_sam(tmp_path: Path, photos) -> None:
+    """One slam node on the map of an earlier run, front and rear cameras on their own topics (two
+    best-effort publishers): both are described, places remember their camera, and when the rear camera
+    passes a place the front camera saw 50 s earlier, LIO-SAM gets [t_rear_frame, t_front_frame], which its
+    own rule maps onto the right keyframes. The front camera's revisit of the earlier run's place is
+    reported on ~/matches but makes no pair, and a slam node gives RTAB-Map no global pose."""
     path = tmp_path / "two.map"
+    demo = load_extractor(DEMO, device="cpu")
+    earlier = PlaceMap.create(demo.descriptor_dim, model_id=demo.identity)
+    earlier.add(demo.describe([photos["orange"]]), [(5, 0)], cameras=["front"])
+    earlier.save(path)
     params_file = tmp_path / "cameras.yaml"
     params_file.write_text(json.dumps({"vpr_localize": {"ros__parameters": {
         "cameras": ["front", "rear"],
@@ -177,20 +196,24 @@ def test_two_cameras_feed_lio_sam_and_rtabmap(tmp_path: Path, photos) -> None:
         assert all(m["accepted_id"] is None for m in client.matches)
         assert sorted((m["query"]["camera"], m["query"]["frame_id"]) for m in client.matches) == [
             ("front", "front_optical")] * 3 + [("rear", "rear_optical")] * 3  # the rear camera's frame is set
-        # 50 s later the rear camera sees what the front camera saw at t = 10 s (and the front something new).
-        pubs["front"].publish(jpeg_msg(photos["cards"], (60, 0), "front_optical"))
+        # 50 s later the rear camera sees what the front camera saw at t = 10 s, and the front camera the
+        # place of the earlier run (stamped 5 s: LIO-SAM would take it for its keyframe 0).
+        pubs["front"].publish(jpeg_msg(photos["orange"], (60, 0), "front_optical"))
         pubs["rear"].publish(jpeg_msg(photos["building"], (60, 250_000_000), "rear_link"))
-        assert client.spin_until(lambda: len(client.matches) >= 8 and loops and got, 30), (client.matches, loops)
+        assert client.spin_until(lambda: len(client.matches) >= 8 and loops, 30), (client.matches, loops)
         rear = next(m for m in client.matches if m["query"]["stamp"] == {"sec": 60, "nanosec": 250_000_000})
-        assert rear["query"]["camera"] == "rear" and rear["accepted_id"] == 0
-        assert rear["candidates"][0]["camera"] == "front" and rear["candidates"][0]["accepted"]
-        assert loops == [[60.25, 10.0]]  # LIO-SAM: two header stamps it knows, >= 30 s apart
+        assert rear["query"]["camera"] == "rear" and rear["accepted_id"] is not None
+        best = rear["candidates"][0]
+        assert best["camera"] == "front" and best["accepted"] and best["stamp"] == {"sec": 10, "nanosec": 0}
+        front = next(m for m in client.matches if m["query"]["stamp"] == {"sec": 60, "nanosec": 0})
+        assert front["accepted_id"] == 0 and front["candidates"][0]["stamp"] == {"sec": 5, "nanosec": 0}
+        client.spin_until(lambda: False, 1.5)  # a held-back or wrong pair would arrive meanwhile
+        assert loops == [[60.25, 10.0]]  # LIO-SAM: two header stamps of this run, >= 30 s apart
         assert len(loops[0]) == 2 and loops[0][0] - loops[0][1] >= 30.0
-        (pose,) = got
-        place = rear["candidates"][0]["pose"]
-        assert place["position"] == pytest.approx([0.0, 0.0, 0.0], abs=1e-9) and place["frame_id"] == "odom"
-        check_rtabmap_message(pose, (60, 250_000_000), "rear_optical",
-                              Pose(tuple(place["position"]), tuple(place["orientation"]), "odom"), MOUNT)
+        keyframes = sorted(s[0] + s[1] / 1e9 for s in stamps.values()) + [60.0, 60.25]
+        current, previous = liosam_keyframes(loops[0], keyframes)
+        assert (keyframes[current], keyframes[previous]) == (60.25, 10.0)
+        assert got == []  # slam mode: odometry poses are no prior for RTAB-Map
         assert client.spin_until(lambda: int(client.diag_values().get("frames processed", 0)) >= 8, 5)
         values = client.diag_values()
         assert int(values["frames processed"]) == 8 and int(values["frames dropped (busy)"]) == 0
@@ -199,7 +222,7 @@ def test_two_cameras_feed_lio_sam_and_rtabmap(tmp_path: Path, photos) -> None:
         code, out = stop_node(proc)
     assert code == 0, out
     saved = PlaceMap.load(path)
-    cams = [saved.place(i).camera for i in saved.ids()]
-    assert sorted(cams) == ["front"] * 4 + ["rear"] * 4
-    assert {saved.place(i).source for i in saved.ids()} == {"/front/image_raw/compressed", "/rear/image_raw/compressed"}
-    assert all(math.isfinite(saved.place(i).pose.position[0]) for i in saved.ids())
+    new = [i for i in saved.ids() if i > 0]
+    assert sorted(saved.place(i).camera for i in new) == ["front"] * 4 + ["rear"] * 4
+    assert {saved.place(i).source for i in new} == {"/front/image_raw/compressed", "/rear/image_raw/compressed"}
+    assert all(math.isfinite(saved.place(i).pose.position[0]) for i in new)

@@ -85,3 +85,16 @@ def camera_prior(prior: MatchPrior, base_to_camera: Pose | None) -> MatchPrior:
     pose = Pose(tuple(float(v) for v in position), tuple(float(v) for v in (base * offset).as_quat()),
                 prior.pose.frame_id)
     return MatchPrior(pose, prior.covariance)
+
+
+def global_pose_prior(prior: MatchPrior, frame_id: str, base_to_camera: Pose | None,
+                      base_frame: str) -> tuple[MatchPrior | None, str]:
+    """The prior for RTAB-Map's ``global_pose`` (the pose of the sensor ``frame_id``, which RTAB-Map moves
+    to its base with TF), or None and why not: without a frame there is nothing to name, and without the
+    camera's mounting the place's (base) pose would be passed off as the camera's, unless the camera frame
+    is the base frame itself."""
+    if not frame_id:
+        return None, "no camera frame"
+    if base_to_camera is None and frame_id != base_frame:
+        return None, "no camera_pose"
+    return camera_prior(prior, base_to_camera), ""

@@ -6,6 +6,10 @@ In ``localize`` mode the map is fixed (another run's map: no exclusion window); 
 every described frame is queried first and then added as a place, with the odometry pose
 interpolated at its stamp.
 
+Only in ``slam`` mode does an accepted match become a loop-closure pair of two stamps
+(:attr:`Outcome.loop_pair`), and only when the matched place was added in this run: a consumer such as
+LIO-SAM knows the keyframes of this run only (see :mod:`vpr_ros.loop_closure.loop_pairs`).
+
 Several cameras share one map: each camera has its own keyframe gate and its own consistency
 history (a match is confirmed by the same camera's next frames), the frames of all cameras that
 are waiting are described in one batch, and a place seen by one camera may close a loop for
@@ -56,6 +60,7 @@ class Outcome:
     current: Pose | None  # slam: the frame's own interpolated odometry pose
     added_id: int | None  # slam: the place id the frame was stored under
     model_seconds: float  # the model's time for the whole batch the frame was described in
+    loop_pair: tuple[float, float] | None = None  # slam: [t_current, t_previous] when both are of this run
 
 
 class _Camera:
@@ -78,6 +83,8 @@ class PlaceRecognizer:
         KeyframeSelector(min_period)  # validates min_period now rather than at the first frame
         self._cameras: dict[str, _Camera] = {}
         self.poses = PoseBuffer(max_gap_s=pose_max_gap)
+        # ids are never reused: every place with an id from here on was added in this run
+        self.first_own_id = int(place_map.ids().max()) + 1 if len(place_map) else 0
 
     @property
     def config(self) -> LoopClosureConfig:
@@ -134,7 +141,11 @@ class PlaceRecognizer:
             decision = self._camera(frame.camera).detector.process(desc, ns_to_seconds(frame.stamp_ns), local)
             record = matches_record(decision, self.map, frame.stamp_ns, frame.frame_id, frame.camera)
             prior = match_prior(decision, self.map, self.config)
-            outcomes.append(Outcome(frame, decision, record, prior, None, None, model_seconds))
+            accepted = decision.accepted
+            pair = None
+            if self.mode == "slam" and accepted is not None and accepted.id >= self.first_own_id:
+                pair = (decision.stamp, accepted.stamp)
+            outcomes.append(Outcome(frame, decision, record, prior, None, None, model_seconds, pair))
         if self.mode == "slam":
             for out in outcomes:
                 out.current = self.poses.lookup(ns_to_seconds(out.frame.stamp_ns))

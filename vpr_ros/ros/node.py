@@ -1,5 +1,9 @@
 """ROS 2 node ``vpr_localize``: camera frames in; place matches, loop closures and pose priors out.
 
+``~/loop_closure`` (LIO-SAM's ``[t_current, t_previous]``) comes only in slam mode, only for places of
+this run, at most one per ``loop_pair_period``; ``~/global_pose`` (RTAB-Map's pose prior) only in
+localize mode, where the map frame is fixed, and only for cameras whose mounting is known.
+
 A thin shell: messages are converted by :mod:`vpr_ros.image_msgs`; the keyframe gate, the
 descriptor, the loop-closure decision, the ``~/matches`` record, the pose prior and the slam
 map upkeep come from :class:`vpr_ros.loop_closure.recognizer.PlaceRecognizer`.
@@ -21,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +50,8 @@ from vpr_ros.extractor import DescriptorExtractor
 from vpr_ros.frame_slot import LatencyStats, LatestSlot
 from vpr_ros.health import HealthMonitor
 from vpr_ros.image_msgs import image_to_rgb, stamp_of
-from vpr_ros.loop_closure.matches import MatchPrior, camera_prior
+from vpr_ros.loop_closure.loop_pairs import PairPacer
+from vpr_ros.loop_closure.matches import MatchPrior, global_pose_prior
 from vpr_ros.loop_closure.recognizer import CameraFrame, Outcome, PlaceRecognizer
 from vpr_ros.maps.place_map import PlaceMap
 from vpr_ros.ros import params as node_params
@@ -67,6 +73,7 @@ class LocalizeNode(Node):
                 raise StartupError(reason)
         self.mode: str = p["mode"]
         self.map_frame: str = p["map_frame"]
+        self.base_frame: str = p["base_frame"]
         self.map_path = Path(p["map"]) if p["map"] else None
         self.cameras = self._camera_list(p)
         self.extractor = self._load_model(p)
@@ -81,7 +88,9 @@ class LocalizeNode(Node):
         self.model_time = LatencyStats()  # the model's share of it
         self.processed = self.rejected = self.save_failures = self.poses_rejected = 0
         self.batches = 0  # model calls: with several cameras, one per batch of their waiting frames
-        self.global_pose_skipped = 0  # accepted matches without a camera frame to publish ~/global_pose in
+        self.global_pose_skipped: Counter[str] = Counter()  # accepted matches without a ~/global_pose, by reason
+        self.pairs = PairPacer(float(p["loop_pair_period"]))  # slam: ~/loop_closure at LIO-SAM's rate
+        self.pairs_not_own = 0  # slam: accepted matches of places loaded from the map file: no pair
         topics = {cam.name: self._image_topics(cam.image_topic) for cam in self.cameras}
         listening = " and ".join(t for pair in topics.values() for t in pair)
         self.health = HealthMonitor(frame_timeout=float(p["frame_timeout"]),
@@ -111,6 +120,9 @@ class LocalizeNode(Node):
         self.create_service(Trigger, "~/reset", self._on_reset)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.create_timer(1.0, self._publish_diagnostics)
+        if self.mode == "slam":
+            self.create_timer(0.1, self._release_pair)
+        self._warn_global_pose()
 
         self._worker = threading.Thread(target=self._work, name="vpr_worker", daemon=True)
         self._worker.start()
@@ -161,6 +173,18 @@ class LocalizeNode(Node):
             return cameras
         except VprError as exc:
             raise StartupError(str(exc)) from exc
+
+    def _warn_global_pose(self) -> None:
+        """Say at start which cameras cannot give ``~/global_pose`` (their mounting is unknown)."""
+        if self.mode != "localize":
+            return
+        unmounted = [c.name or c.image_topic for c in self.cameras
+                     if c.base_to_camera is None and c.frame != self.base_frame]
+        if unmounted:
+            self.get_logger().warning(
+                f"no ~/global_pose for {', '.join(unmounted)}: camera_pose is the identity, so the camera would be "
+                f"taken to be the base; set camera_pose (camera in '{self.base_frame}'), or camera_frame: "
+                f"{self.base_frame} if the camera really is at the base")
 
     def _image_topics(self, name: str) -> tuple[str, str]:
         """The raw topic and its ``/compressed`` sibling, both after remapping: a remap of the raw
@@ -216,6 +240,8 @@ class LocalizeNode(Node):
         except (ValueError, TypeError) as exc:
             return SetParametersResult(successful=False, reason=str(exc))
         self.recognizer.configure(config, float(values["min_period"]))
+        with self._lock:
+            self.pairs.configure(float(values["loop_pair_period"]))
         self.health.frame_timeout = float(values["frame_timeout"])
         return SetParametersResult(successful=True)
 
@@ -304,21 +330,43 @@ class LocalizeNode(Node):
         accepted = outcome.decision.accepted
         if accepted is None:
             return
-        stamp = ns_to_pair(outcome.frame.stamp_ns)
-        self.pub_loop.publish(Float64MultiArray(data=[outcome.decision.stamp, accepted.stamp]))
+        if outcome.loop_pair is not None:
+            with self._lock:
+                pair = self.pairs.offer(outcome.loop_pair, time.monotonic())
+            if pair is not None:
+                self.pub_loop.publish(Float64MultiArray(data=list(pair)))
+        elif self.mode == "slam":
+            with self._lock:
+                self.pairs_not_own += 1
         place = self.map.place(accepted.id)
+        stamp = ns_to_pair(outcome.frame.stamp_ns)
         if outcome.prior is not None:
             self.pub_pose.publish(self._pose_msg(outcome.prior, stamp, outcome.prior.pose.frame_id or self.map_frame))
-            if outcome.frame.frame_id:  # RTAB-Map's convention: the camera's pose, in the camera's frame_id
-                seen_by = next((c for c in self.cameras if c.name == place.camera), None)
-                prior = camera_prior(outcome.prior, seen_by.base_to_camera if seen_by else None)
-                self.pub_global.publish(self._pose_msg(prior, stamp, outcome.frame.frame_id))
-            else:
-                with self._lock:
-                    self.global_pose_skipped += 1
-                self.get_logger().warning("no ~/global_pose: the image has no header.frame_id; set camera_frame",
-                                          throttle_duration_sec=30.0)
+            if self.mode == "localize":
+                self._publish_global_pose(outcome.prior, outcome.frame.frame_id, place.camera, stamp)
         self._publish_markers(place.pose, outcome.current)
+
+    def _publish_global_pose(self, prior: MatchPrior, frame_id: str, seen_by: str, stamp: tuple[int, int]) -> None:
+        """RTAB-Map's convention: the pose of the query camera (taken to stand where the camera that saw the
+        place stood), in the camera's frame_id, at the image's stamp."""
+        camera = next((c for c in self.cameras if c.name == seen_by), None)
+        pose, reason = global_pose_prior(prior, frame_id, camera.base_to_camera if camera else None,
+                                         self.base_frame)
+        if pose is not None:
+            self.pub_global.publish(self._pose_msg(pose, stamp, frame_id))
+            return
+        with self._lock:
+            self.global_pose_skipped[reason] += 1
+        self.get_logger().warning(
+            "no ~/global_pose: " + ("the image has no header.frame_id; set camera_frame" if reason == "no camera frame"
+                                    else f"camera_pose of camera '{seen_by}' is not set"), throttle_duration_sec=30.0)
+
+    def _release_pair(self) -> None:
+        """Send a loop-closure pair that was held back once LIO-SAM's next tick has come."""
+        with self._lock:
+            pair = self.pairs.due(time.monotonic())
+        if pair is not None:
+            self.pub_loop.publish(Float64MultiArray(data=list(pair)))
 
     @staticmethod
     def _pose_msg(prior: MatchPrior, stamp: tuple[int, int], frame_id: str) -> PoseWithCovarianceStamped:
@@ -365,7 +413,11 @@ class LocalizeNode(Node):
                       "frames rejected": self.rejected,
                       "frames skipped (keyframe period)": self.recognizer.skipped["period"],
                       "map save failures": self.save_failures, "poses rejected": self.poses_rejected,
-                      "global poses skipped (no camera frame)": self.global_pose_skipped}
+                      "global poses skipped (no camera frame)": self.global_pose_skipped["no camera frame"],
+                      "global poses skipped (no camera_pose)": self.global_pose_skipped["no camera_pose"],
+                      "loop pairs held back (rate)": self.pairs.held_back,
+                      "loop pairs superseded (rate)": self.pairs.superseded,
+                      "loop pairs withheld (place of the loaded map)": self.pairs_not_own}
         counts = {"frames received": self.slot.received, "frames dropped (busy)": self.slot.dropped, **counts}
         values = {**counts, "latency p50 ms": f"{1000 * self.latency.percentile(50):.1f}",
                   "latency p95 ms": f"{1000 * self.latency.percentile(95):.1f}",

@@ -43,7 +43,10 @@ PARAMS: dict[str, Spec] = {
                                  "moves both)", True),
     "camera_frame": Spec("", "frame of the camera for ~/global_pose; empty: the image's header.frame_id", True),
     "camera_pose": Spec(list(IDENTITY), "camera in the robot base frame [x, y, z, qx, qy, qz, qw]: where the "
-                                        "camera that saw a place was, for ~/global_pose", True),
+                                        "camera that saw a place was, for ~/global_pose (localize mode); the "
+                                        "identity only when the camera frame is base_frame", True),
+    "base_frame": Spec("base_link", "the robot's base frame: ~/global_pose with an identity camera_pose is only "
+                                    "published when the camera frame is this frame", True),
     "cameras": Spec([], "names of several cameras; each reads <name>.image_topic (default <name>/image), "
                         "<name>.camera_frame and <name>.camera_pose; empty: one camera on image_topic", True),
     "frame_timeout": Spec(5.0, "seconds without a frame before /diagnostics warns", range=(0.1, 3600.0)),
@@ -56,6 +59,9 @@ PARAMS: dict[str, Spec] = {
     "pose_max_gap": Spec(0.5, "seconds: largest gap between odometry samples to interpolate a keyframe pose", True,
                          range=(0.0, 60.0)),
     # run time
+    "loop_pair_period": Spec(1.0, "slam: seconds (wall clock) between two ~/loop_closure pairs; a pair that comes "
+                                  "sooner is held back (LIO-SAM takes one per loopClosureFrequency tick, 1 Hz)",
+                             range=(0.0, 3600.0)),
     "min_period": Spec(0.0, "seconds between keyframes (0: process every frame the model keeps up with)",
                        range=(0.0, 3600.0)),
     "threshold": Spec(float("nan"), "minimum cosine similarity of a loop-closure candidate; NaN (default): the "
