@@ -74,9 +74,8 @@ def test_localize_answers_raw_and_compressed_frames(localize, client, photos) ->
         assert top["id"] == idx and top["accepted"] and m["accepted_id"] == idx
         assert top["stamp"] == {"sec": 100 + idx, "nanosec": 0} and top["pose"]["position"] == [float(idx), 0.0, 0.0]
         assert top["score"] > (0.999 if make is image_msg else 0.95)
-    assert client.spin_until(lambda: len(client.loops) >= 3 and len(client.poses) >= 3)
-    assert client.loops[:3] == [pytest.approx([1000 + 5e-7, 103.0]), pytest.approx([1001 + 5e-7, 107.0]),
-                                pytest.approx([1002 + 5e-7, 115.0])]
+    assert client.spin_until(lambda: len(client.poses) >= 3)
+    assert client.loops == []  # the map is another run's: LIO-SAM pairs are slam-mode only
     pose = client.poses[2]
     assert (pose.header.stamp.sec, pose.header.stamp.nanosec) == (1002, 500)
     assert pose.pose.pose.position.x == 15.0 and pose.pose.covariance[0] >= 0.25

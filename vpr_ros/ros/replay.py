@@ -19,7 +19,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from std_msgs.msg import Float64MultiArray, String
+from std_msgs.msg import String
 
 from vpr_ros.ros.player import IMAGE_TYPES, BagPlayer, load_bag
 
@@ -31,7 +31,6 @@ class Collected:
     """What the node said while traversal 2 played, and what the player sent."""
 
     matches: list[dict] = field(default_factory=list)
-    loops: list[list[float]] = field(default_factory=list)  # [t_query, t_match] seconds
     poses: list[tuple[int, np.ndarray]] = field(default_factory=list)  # (query stamp ns, matched position)
     diagnostics: dict[str, str] = field(default_factory=dict)  # the node's latest report
     reports: int = 0
@@ -55,8 +54,6 @@ def play_and_collect(bag: Path, alive: Callable[[], bool], rate: float, timeout:
         qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)  # keep every answer
         subs = [
             node.create_subscription(String, f"{NODE}/matches", lambda m: got.matches.append(json.loads(m.data)), qos),
-            node.create_subscription(Float64MultiArray, f"{NODE}/loop_closure",
-                                     lambda m: got.loops.append(list(m.data)), qos),
             node.create_subscription(PoseWithCovarianceStamped, f"{NODE}/match_pose", lambda m: got.poses.append(
                 (m.header.stamp.sec * 10**9 + m.header.stamp.nanosec,
                  np.array([m.pose.pose.position.x, m.pose.pose.position.y, m.pose.pose.position.z]))), qos),

@@ -7,7 +7,7 @@
 3. Choose the loop-closure threshold from the map alone (:func:`vpr_ros.loop_closure.calibration.calibrate`):
    the query run's ground truth is never used to tune anything.
 4. Start the ``vpr_localize`` node (a real process, real DDS on loopback) in localize mode and
-   play traversal 2 to it from the bag; collect ``~/matches``, ``~/loop_closure``, ``~/match_pose``.
+   play traversal 2 to it from the bag; collect ``~/matches`` and ``~/match_pose``.
 5. Score against ground truth: loop-closure precision and recall, localization error; plot the
    trajectories with each loop closure drawn green (correct) or red (wrong).
 """
@@ -119,7 +119,7 @@ def _query_ns(match: dict) -> int:
 # -- scoring ---------------------------------------------------------------------------------------------
 
 
-def evaluate(route: Route, map_xy: np.ndarray, map_stamps: np.ndarray, got: Collected, threshold: float,
+def evaluate(route: Route, map_xy: np.ndarray, got: Collected, threshold: float,
              ) -> tuple[Metrics, list[dict]]:
     """Score every answered frame against ground truth; also return one row per loop closure
     (query and matched positions, correct or not) for the plot."""
@@ -133,7 +133,7 @@ def evaluate(route: Route, map_xy: np.ndarray, map_stamps: np.ndarray, got: Coll
     neg_hits = sum(not _near_map(truth[_query_ns(m)], map_xy, radius) for m in accepted)
     top1 = [_top1_correct(m, truth, radius) for m, p in zip(answered, pos, strict=True) if p]
     errors = np.array([np.linalg.norm(xyz[:2] - truth[ns]) for ns, xyz in got.poses if ns in truth])
-    lines = _loop_lines(got.loops, run, map_xy, map_stamps, radius)
+    lines = _match_lines(accepted, truth, radius)
     tp = int(sum(correct))
     metrics = Metrics(
         radius_m=radius, threshold=threshold, frames_sent=got.frames_sent, frames_processed=len(answered),
@@ -167,14 +167,14 @@ def _candidate_correct(cand: dict, xy: np.ndarray, radius: float) -> bool:
     return pose is not None and float(np.linalg.norm(np.asarray(pose["position"][:2]) - xy)) <= radius
 
 
-def _loop_lines(loops: list[list[float]], run, map_xy: np.ndarray, map_stamps: np.ndarray, radius: float,
-                ) -> list[dict]:
-    """Each ``[t_query, t_match]`` as two ground-truth points, by nearest stamp."""
-    frame_s = run.frame_stamps_ns * 1e-9
+def _match_lines(accepted: list[dict], truth: dict, radius: float) -> list[dict]:
+    """Each accepted match as two points: where the query frame truly was, and the matched place's pose."""
     rows = []
-    for t_query, t_match in loops:
-        q = run.frame_positions[int(np.argmin(np.abs(frame_s - t_query))), :2]
-        p = map_xy[int(np.argmin(np.abs(map_stamps - t_match)))]
+    for m in accepted:
+        cand = next(c for c in m["candidates"] if c["id"] == m["accepted_id"])
+        if cand["pose"] is None:
+            continue
+        q, p = truth[_query_ns(m)], np.asarray(cand["pose"]["position"][:2], np.float64)
         rows.append({"query": q, "place": p, "correct": bool(np.linalg.norm(q - p) <= radius)})
     return rows
 
@@ -348,8 +348,8 @@ def main(argv: list[str] | None = None) -> int:
 
     pm = PlaceMap.load(map_path)
     ids = pm.ids()
-    map_xy, map_stamps = pm.positions()[ids][:, :2], pm.stamps()[ids]
-    metrics, lines = evaluate(route, map_xy, map_stamps, got, calibration.threshold)
+    map_xy = pm.positions()[ids][:, :2]
+    metrics, lines = evaluate(route, map_xy, got, calibration.threshold)
     png = plot_trajectory(route, map_xy, got, metrics, lines, out / "trajectory.png", title_of(metrics, note))
     (out / "metrics.json").write_text(json.dumps(asdict(metrics), indent=1) + "\n")
     print("[5/5] results\n")
