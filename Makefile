@@ -6,6 +6,8 @@ PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.stamp
+RTABMAP_MSGS := test/rtabmap_msgs
+RTABMAP_MSGS_STAMP := $(VENV)/.rtabmap_msgs
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 # Extra pip arguments for the torch install, e.g. a CPU-only wheel index.
 TORCH_PIP_ARGS ?=
@@ -16,12 +18,19 @@ ROS_ENV = ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_DOMAIN_ID=$${VPR_ROS_DOMAI
 
 .PHONY: venv test colcon demo bench lint clean distclean
 
-venv: $(STAMP)
+venv: $(STAMP) $(RTABMAP_MSGS_STAMP)
 
 $(STAMP): setup.py setup.cfg pyproject.toml
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install $(TORCH_PIP_ARGS) $(TORCH_PINS)
 	$(VPY) -m pip install -e '.[dev,ros,train,onnx]'
+	touch $@
+
+# rtabmap_msgs (RTAB-Map's ROS 2 interfaces, used by tests) is not on PyPI: its types are generated from
+# the vendored interface files and installed into the venv.
+$(RTABMAP_MSGS_STAMP): $(STAMP) $(addprefix $(RTABMAP_MSGS)/,build.sh CMakeLists.txt package.xml) \
+		$(wildcard $(RTABMAP_MSGS)/msg/*.msg $(RTABMAP_MSGS)/srv/*.srv)
+	$(RTABMAP_MSGS)/build.sh $(VENV)
 	touch $@
 
 # Every test runs once: pytest runs the suite except COLCON_TESTS, which colcon's test step runs

@@ -30,6 +30,19 @@ ROS_WHEELS = [
     "ros-kilted-std-srvs",
 ]
 
+# What test/rtabmap_msgs/build.sh needs to generate ROS interfaces in the venv. The generator wheels'
+# own requirements miss rosidl_core_generators, ament_cmake_include_directories and
+# ament_cmake_ros_core, and ament_cmake_core's scripts import ament_package and catkin_pkg.
+ROS_INTERFACE_BUILD = [
+    "ros-kilted-rosidl-default-generators",
+    "ros-kilted-rosidl-core-generators",
+    "ros-kilted-ament-cmake",
+    "ros-kilted-ament-cmake-include-directories",
+    "ros-kilted-ament-cmake-ros-core",
+    "ros-kilted-ament-package",
+    "catkin-pkg",
+]
+
 setup(
     name=PACKAGE,
     version="0.1.0",
@@ -76,7 +89,7 @@ setup(
         # vpr-ros export-onnx and running .onnx models (onnxruntime-gpu / a Jetson build for CUDA, TensorRT)
         "onnx": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.2"],
         "test": ["pytest"],  # colcon test runs pytest when this extra names it
-        "dev": ["pytest", "ruff", "colcon-common-extensions", "ros-kilted-ament-package"],
+        "dev": ["pytest", "ruff", "colcon-common-extensions", *ROS_INTERFACE_BUILD],
     },
     entry_points={
         "console_scripts": [
