@@ -95,6 +95,7 @@ setup(
         "console_scripts": [
             "vpr-ros = vpr_ros.cli:main",
             "localize_node = vpr_ros.ros.node:run",
+            "rgbd_descriptors = vpr_ros.ros.rgbd_descriptors:run",
             *(["vpr-ros-train = vpr_ros.training.__main__:console_main"] if TRAINING else []),
         ],
     },

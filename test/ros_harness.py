@@ -36,10 +36,10 @@ from visualization_msgs.msg import MarkerArray  # noqa: E402
 
 
 def start_node(params: dict, extra_args: list[str] = (), params_file: Path | None = None,
-               preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen:
-    """``python -m vpr_ros.ros.node`` with ``-p name:=value`` for each param (``preexec_fn`` runs in
-    the child before it starts, e.g. to set resource limits)."""
-    cmd = [sys.executable, "-m", "vpr_ros.ros.node", "--ros-args"]
+               preexec_fn: Callable[[], None] | None = None, module: str = "vpr_ros.ros.node") -> subprocess.Popen:
+    """``python -m <module>`` (the localize node by default) with ``-p name:=value`` for each param
+    (``preexec_fn`` runs in the child before it starts, e.g. to set resource limits)."""
+    cmd = [sys.executable, "-m", module, "--ros-args"]
     if params_file is not None:
         cmd += ["--params-file", str(params_file)]
     for name, value in params.items():
@@ -94,10 +94,11 @@ def odom_msg(stamp: tuple[int, int], x: float, y: float = 0.0) -> Odometry:
 class Client:
     """The test's side of the conversation: publishes frames, records the node's outputs."""
 
-    def __init__(self, ns: str = "", image_topic: str = "/cam/image", odom_topic: str = "/odom") -> None:
+    def __init__(self, ns: str = "", image_topic: str = "/cam/image", odom_topic: str = "/odom",
+                 node_name: str = "vpr_localize") -> None:
         if not rclpy.ok():
             rclpy.init()
-        base = f"{ns}/vpr_localize"
+        base = f"{ns}/{node_name}"  # whose /diagnostics diag_values reads
         self.node = rclpy.create_node(f"vpr_test_client_{os.getpid()}_{random.randint(0, 1 << 30)}")
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.node)

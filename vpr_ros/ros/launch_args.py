@@ -1,4 +1,5 @@
-"""Launch arguments of ``localize.launch.py`` turned into node parameters, in plain Python.
+"""Launch arguments of ``localize.launch.py`` and ``rtabmap_descriptors.launch.py`` turned into node
+parameters, in plain Python.
 
 ``launch`` hands a launch file nothing but strings, and passes on neither types nor mistakes: an
 argument nobody declared (``treshold:=0.4``) is silently ignored, and a string given for a double
@@ -37,6 +38,15 @@ PARAMETER_ARGUMENTS: dict[str, str] = {
     "top_k": "candidates retrieved per query (1-100); unset: the params file's, else 5",
     "image_topic": "raw camera topic, its /compressed sibling too; unset: the params file's, else 'image'",
 }
+# rtabmap_descriptors.launch.py: arguments that set the parameter of the same name (unset: the node's default).
+DESCRIPTOR_ARGUMENTS: dict[str, str] = {
+    "checkpoint": "checkpoint file (SALAD, A²GC, MegaLoc, BoQ or .onnx); required",
+    "model_config": "JSON with model options; unset: the .json next to the checkpoint",
+    "image_size": "model input 'H,W' or '[H, W]'; unset: the model's",
+    "device": "auto, cpu or cuda; unset: auto (the CUDA GPU when present)",
+    "precision": "fp32, bf16 or fp16; unset: fp32",
+    "reliable": "true: subscribe to rgbd_image with reliable QoS; unset: false (sensor data, best effort)",
+}
 MODES = ("localize", "slam")
 TOP_K_RANGE = (1, 100)
 # Launch configurations set by ros2 launch (--launch-prefix), read by launch (emulate_tty) or kept
@@ -46,7 +56,8 @@ LAUNCH_INTERNAL = frozenset({"launch-prefix", "launch-prefix-filter", "emulate_t
 _SIZE = re.compile(r"\[?\s*(\d+)\s*(?:,|\s|x)\s*(\d+)\s*\]?")
 
 
-def check_known(configurations: Iterable[str], declared: Iterable[str]) -> None:
+def check_known(configurations: Iterable[str], declared: Iterable[str],
+                launch_file: str = "localize.launch.py") -> None:
     """Raise :class:`InputError` naming every launch configuration this launch file does not declare,
     with the closest declared name: launch would otherwise ignore a typo and start with the default."""
     declared = set(declared)
@@ -58,7 +69,7 @@ def check_known(configurations: Iterable[str], declared: Iterable[str]) -> None:
         close = difflib.get_close_matches(name, declared, n=1)
         named.append(f"'{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
     raise InputError(f"unknown launch argument{'s' if len(unknown) > 1 else ''} {', '.join(named)}; "
-                     f"localize.launch.py takes: {', '.join(sorted(declared))}")
+                     f"{launch_file} takes: {', '.join(sorted(declared))}")
 
 
 def parse_parameters(arguments: Mapping[str, str]) -> dict[str, Any]:
@@ -68,6 +79,23 @@ def parse_parameters(arguments: Mapping[str, str]) -> dict[str, Any]:
     for name in PARAMETER_ARGUMENTS:
         text = arguments.get(name, "").strip()
         if text:
+            params[name] = _typed(name, text)
+    return params
+
+
+def descriptor_parameters(arguments: Mapping[str, str]) -> dict[str, Any]:
+    """The :data:`DESCRIPTOR_ARGUMENTS` that are set, typed as the node declares them; the node itself
+    checks the values of ``device`` and ``precision`` (and a bad one fails the launch)."""
+    params: dict[str, Any] = {}
+    for name in DESCRIPTOR_ARGUMENTS:
+        text = arguments.get(name, "").strip()
+        if not text:
+            continue
+        if name == "reliable":
+            if text.lower() not in ("true", "false"):
+                raise InputError(f"reliable must be true or false, got {text!r}")
+            params[name] = text.lower() == "true"
+        else:
             params[name] = _typed(name, text)
     return params
 
@@ -183,3 +211,15 @@ def _matches(pattern: list[str], name: list[str]) -> bool:
     if pattern[0] == "**":
         return any(_matches(pattern[1:], name[i:]) for i in range(len(name) + 1))
     return bool(name) and pattern[0] in ("*", name[0]) and _matches(pattern[1:], name[1:])
+
+
+def end_launch_with_node(event: Any, _context: Any) -> list:
+    """``on_exit`` of a launch file's only node: the launch has nothing left to do without it. launch
+    (Humble to Kilted) has no way to set the exit code of ``ros2 launch`` (``Shutdown`` exits 0):
+    ``LaunchService.run`` returns 1 only after an exception while it handles an event, so a failed
+    node raises one here."""
+    if event.returncode != 0:
+        raise RuntimeError(f"{event.process_name} exited with code {event.returncode} (its log is above)")
+    from launch.actions import Shutdown  # only ever called inside a launch process
+
+    return [Shutdown(reason=f"{event.process_name} exited")]

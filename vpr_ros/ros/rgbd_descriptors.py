@@ -1,0 +1,183 @@
+"""ROS 2 node ``vpr_rgbd_descriptors``: this package's place descriptor in RTAB-Map's data path, so
+that RTAB-Map finds loop closures with it and verifies them with its own registration.
+
+It takes the ``rtabmap_msgs/RGBDImage`` stream of ``rgbd_sync`` on ``rgbd_image``, describes the
+colour image (raw ``rgb`` or JPEG ``rgb_compressed``, whichever is filled), sets
+``global_descriptor`` (type 1, one L2-normalised float32 row in RTAB-Map's compressed-matrix
+format, :mod:`vpr_ros.rtabmap_descriptors`) and republishes the message, header and everything
+else unchanged, on ``rgbd_image_vpr`` for RTAB-Map (``subscribe_rgbd``, ``rgbd_image:=rgbd_image_vpr``).
+A frame it cannot describe is dropped and counted, never passed on without a descriptor: RTAB-Map
+asserts when two nodes carry different numbers of global descriptors. Setup: docs/rtabmap.md.
+
+``rtabmap_msgs`` is imported only here, when the node starts, so the rest of the package never needs it.
+Like the localize node, the subscription callback only drops the message into a one-frame slot and
+one worker thread describes the newest waiting frame, so a slow model drops frames instead of
+delaying them.
+
+Run: ``python -m vpr_ros.ros.rgbd_descriptors --ros-args -p checkpoint:=model.pt``.
+"""
+
+from __future__ import annotations
+
+import array
+import threading
+import time
+from typing import Any
+
+from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.type_support import check_for_type_support
+
+from vpr_ros.errors import BadFrame, VprError
+from vpr_ros.frame_slot import LatencyStats, LatestSlot
+from vpr_ros.health import HealthMonitor
+from vpr_ros.image_msgs import image_to_rgb
+from vpr_ros.ros import node_shell
+from vpr_ros.ros.params import PARAMS, check_choice
+from vpr_ros.ros.startup import StartupError, image_size_param, node_extractor
+from vpr_ros.rtabmap_descriptors import DESCRIPTOR_TYPE, encode_descriptor
+
+NODE_NAME = "vpr_rgbd_descriptors"
+SPECS = {name: PARAMS[name] for name in ("checkpoint", "model_config", "image_size", "device", "precision",
+                                         "reliable", "frame_timeout")}
+# rgbd_sync's own output QoS, and what RTAB-Map's rgbd_image subscription asks for by default
+# (reliable: a best-effort publisher would never match it).
+OUTPUT_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+
+
+def rgbd_image_type() -> type:
+    """``rtabmap_msgs/msg/RGBDImage`` with its type support loaded, or a :class:`StartupError` that
+    says how to install it."""
+    try:
+        from rtabmap_msgs.msg import RGBDImage
+
+        check_for_type_support(RGBDImage)
+    except Exception as exc:  # ImportError, or type support libraries that do not load
+        raise StartupError(f"the rtabmap_msgs message package is not available ({type(exc).__name__}: {exc}); "
+                           "install it (sudo apt install ros-$ROS_DISTRO-rtabmap-msgs, or build rtabmap_msgs "
+                           "in your workspace) and source the ROS setup file before starting this node") from exc
+    return RGBDImage
+
+
+def colour_image(msg: Any) -> Any:
+    """The colour image of an ``RGBDImage``: raw ``rgb``, else ``rgb_compressed`` (rgbd_sync fills one)."""
+    if len(msg.rgb.data):
+        return msg.rgb
+    if len(msg.rgb_compressed.data):
+        return msg.rgb_compressed
+    raise BadFrame("no colour image", "rgb and rgb_compressed are both empty")
+
+
+def set_global_descriptor(msg: Any, descriptor: Any) -> None:
+    """Fill ``msg.global_descriptor`` as RTAB-Map's own conversion would: type 1, no info, the
+    compressed row, the image's header."""
+    data = encode_descriptor(descriptor)  # raises before anything of the message is changed
+    out = msg.global_descriptor
+    out.header = msg.header
+    out.type = DESCRIPTOR_TYPE
+    out.info = array.array("B")
+    out.data = array.array("B", data)
+
+
+class RgbdDescriptorNode(Node):
+    def __init__(self, rgbd_type: type) -> None:
+        super().__init__(NODE_NAME)
+        p = node_shell.declare_parameters(self, SPECS)
+        for name in SPECS:
+            if reason := check_choice(name, p[name]):
+                raise StartupError(reason)
+        self.extractor = node_extractor(p["checkpoint"], p["model_config"], image_size_param(p["image_size"]),
+                                        p["device"], p["precision"])
+        self.slot: LatestSlot = LatestSlot()
+        self.latency = LatencyStats()  # message received -> republished with its descriptor
+        self.model_time = LatencyStats()
+        self.published = self.rejected = 0
+        self._lock = threading.Lock()  # guards the counters
+        self.topic_in = self.resolve_topic_name("rgbd_image")
+        self.topic_out = self.resolve_topic_name("rgbd_image_vpr")
+        self.health = HealthMonitor(frame_timeout=float(p["frame_timeout"]), sources=self.topic_in)
+
+        self.pub = self.create_publisher(rgbd_type, "rgbd_image_vpr", OUTPUT_QOS)
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_subscription(rgbd_type, "rgbd_image", self._on_rgbd, node_shell.camera_qos(p["reliable"]))
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.create_timer(1.0, self._publish_diagnostics)
+        self._worker = threading.Thread(target=self._work, name="vpr_rgbd_worker", daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f"{self.extractor.model.cfg.describe()} on {self.extractor.device}: {self.topic_in} "
+            f"({'reliable' if p['reliable'] else 'best effort'}) -> {self.topic_out} with type-1 global descriptors")
+
+    def _on_rgbd(self, msg: Any) -> None:
+        self.health.received()
+        self.slot.put((msg, time.monotonic()))
+
+    def _on_set_parameters(self, params: list) -> SetParametersResult:
+        for param in params:  # the others are read-only, refused by rclpy itself
+            if param.name == "frame_timeout":
+                self.health.frame_timeout = float(param.value)
+        return SetParametersResult(successful=True)
+
+    def _work(self) -> None:
+        while (item := self.slot.take()) is not None:
+            msg, received = item
+            try:
+                self._describe(msg)
+            except VprError as exc:  # a bad image or a non-finite descriptor
+                self._reject()
+                self.get_logger().warning(f"dropping a frame on {self.topic_in}: {exc}", throttle_duration_sec=5.0)
+                continue
+            except Exception as exc:  # keep serving: one failure must not stop the stream
+                self._reject()
+                self.get_logger().error(f"frame failed: {type(exc).__name__}: {exc}", throttle_duration_sec=5.0)
+                continue
+            self.pub.publish(msg)
+            self.latency.add(time.monotonic() - received)
+            self.health.frame(rejected=False)
+            with self._lock:
+                self.published += 1
+
+    def _describe(self, msg: Any) -> None:
+        rgb = image_to_rgb(colour_image(msg))
+        start = time.perf_counter()
+        descriptor = self.extractor.describe([rgb])[0]
+        self.model_time.add(time.perf_counter() - start)
+        set_global_descriptor(msg, descriptor)
+
+    def _reject(self) -> None:
+        with self._lock:
+            self.rejected += 1
+        self.health.frame(rejected=True)
+
+    def _publish_diagnostics(self) -> None:
+        with self._lock:
+            published, rejected = self.published, self.rejected
+        values = {"frames received": self.slot.received, "frames dropped (busy)": self.slot.dropped,
+                  "frames published": published, "frames rejected": rejected,
+                  "latency p50 ms": f"{1000 * self.latency.percentile(50):.1f}",
+                  "latency p95 ms": f"{1000 * self.latency.percentile(95):.1f}",
+                  "model p50 ms": f"{1000 * self.model_time.percentile(50):.1f}"}
+        self.pub_diag.publish(node_shell.diagnostics(self, self.health.status(), f"{self.topic_in} -> {self.topic_out}",
+                                                     str(self.extractor.device), values))
+
+    def close(self) -> bool:
+        """Stop the worker (a frame it is describing is still published)."""
+        self.slot.close()
+        self._worker.join(timeout=30.0)
+        return True
+
+
+def main(args: list[str] | None = None) -> int:
+    """0 on a clean stop, 1 when the node could not start (one fatal line says why)."""
+    return node_shell.main(NODE_NAME, lambda: RgbdDescriptorNode(rgbd_image_type()), args)
+
+
+def run() -> None:
+    """Console entry point ``rgbd_descriptors``."""
+    node_shell.exit_process(main())
+
+
+if __name__ == "__main__":
+    run()
