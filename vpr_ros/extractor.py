@@ -37,8 +37,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from vpr_ros.errors import CheckpointError, InputError, MissingFileError, ModelOutputError
+from vpr_ros.errors import InputError, MissingFileError, ModelOutputError
+from vpr_ros.io_files import file_kind
 from vpr_ros.models import VPRModel, load_model
+from vpr_ros.models.loading import parse_config
 from vpr_ros.models.onnx_model import OnnxModel, is_onnx_file
 from vpr_ros.preprocess import (
     DEFAULT_IMAGE_SIZE,
@@ -63,6 +65,7 @@ _BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTE
              "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
 ATTENTION: tuple[str, ...] = ("auto", *_BACKENDS)
 MAX_GRAPHS = 4  # captured shapes kept per extractor; the least recently used one goes first
+MAX_OPTIONS_BYTES = 1 << 20  # a model options file is a few hundred bytes; a larger one is another file
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -235,6 +238,16 @@ class DescriptorExtractor:
             arrays = [i if isinstance(i, np.ndarray) else _to_array(i) for i in images]
             return preprocess_fast(arrays, self.image_size, self.device)
         return preprocess_exact(images, self.image_size).to(self.device, non_blocking=True)
+
+    def use_standard_path(self) -> None:
+        """Leave the compiled / CUDA-graph paths for eager ``standard`` mode on the same device: what a
+        live node does when its fast path cannot be built, rather than failing every frame."""
+        self.mode, self._graphed = "standard", False
+        self._graphs.clear()
+        if self.compiled:
+            self._features, self.compiled = self.model.forward_features, False
+        self._compile_checked = True
+        self._sdpa = sdpa_order("auto", "standard", self.device)
 
     # -- the computation -------------------------------------------------------------------------
 
@@ -451,22 +464,36 @@ Source = str | os.PathLike | Mapping[str, Any]
 
 def read_model_options(checkpoint: Source, config: Source | None = None) -> dict[str, Any] | None:
     """Model options for ``checkpoint``: ``config`` (a JSON file or a dict) when given, else the
-    checkpoint's sidecar ``.json`` when there is one, else None (shapes alone decide)."""
+    checkpoint's sidecar ``.json`` when there is one, else None (shapes alone decide).
+
+    Every option is checked for type and range (:func:`vpr_ros.models.loading.parse_config`): a bad
+    one is an InputError naming the file, the field and what it accepts.
+    """
     if isinstance(config, Mapping):
+        parse_config(config)
         return dict(config)
     if config is None and isinstance(checkpoint, Mapping):
         return None  # an in-memory state dict has no sidecar
     path = Path(config) if config is not None else sidecar_path(checkpoint)
     if config is None and not path.is_file():
         return None
+    if not path.exists():
+        raise MissingFileError(f"model config not found: {path}")
+    if not path.is_file():  # a FIFO would block the read forever
+        raise InputError(f"model config {path} is {file_kind(path.stat().st_mode)}, not a JSON file")
+    if path.stat().st_size > MAX_OPTIONS_BYTES:
+        raise InputError(f"model config {path} is {path.stat().st_size:,} bytes; model options take a few hundred "
+                         f"(at most {MAX_OPTIONS_BYTES:,}): is it the right file?")
     try:
-        options = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise MissingFileError(f"model config not found: {path}") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path} is not a readable JSON model config: {exc}") from exc
+        options = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # ValueError: bad JSON, a number of 5000 digits
+        raise InputError(f"model config {path} is not readable JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise InputError(f"model config {path} nests arrays or objects too deeply to be model options") from exc
     if not isinstance(options, dict):
-        raise CheckpointError(f"{path} must hold a JSON object of model options, got {type(options).__name__}")
+        raise InputError(f"model config {path} must hold a JSON object of model options, got "
+                         f"{type(options).__name__}")
+    parse_config(options, f"model config {path}")  # every field checked here, naming this file
     return options
 
 
@@ -499,7 +526,7 @@ def load_extractor(
                                    resize, compile, mode, attention)
     options = read_model_options(checkpoint, config)
     model = load_model(checkpoint, config=options)
-    size = image_size or (options or {}).get("image_size") or DEFAULT_IMAGE_SIZE
+    size = image_size or (options or {}).get("image_size") or DEFAULT_IMAGE_SIZE  # checked by read_model_options
     where = "a state dict" if isinstance(checkpoint, Mapping) else checkpoint
     LOG.info("model %s from %s at %sx%s", model.cfg.describe(), where, *size)
     return DescriptorExtractor(model, tuple(int(s) for s in size), device, precision, batch_size, resize, compile,
