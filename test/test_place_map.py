@@ -19,7 +19,7 @@ import faiss
 import numpy as np
 import pytest
 
-from vpr_ros.errors import CorruptMapError, MapError, ModelMismatchError
+from vpr_ros.errors import CorruptMapError, InputError, MapError, ModelMismatchError
 from vpr_ros.maps.place_map import PlaceMap
 from vpr_ros.types import ModelIdentity, Pose
 
@@ -287,11 +287,11 @@ if step == "writing_index":  # half of index.faiss on disk
         die()
     m.faiss.write_index = partial
 elif step == "temp_complete":  # the first directory fsync is of the finished temp folder
-    m._fsync_dir = kill_on_call(m._fsync_dir, 1)
+    m.storage.fsync_dir = kill_on_call(m.storage.fsync_dir, 1)
 elif step == "between_renames":  # old map moved to .bak, new one not in place
     m.os.replace = kill_on_call(os.replace, 2)
 elif step == "after_renames":
-    m._fsync_dir = kill_on_call(m._fsync_dir, 2)
+    m.storage.fsync_dir = kill_on_call(m.storage.fsync_dir, 2)
 pm.save(path)
 """
 
@@ -490,6 +490,37 @@ def test_bad_input():
         with pytest.raises(ValueError):
             call()
     assert len(pm) == 20 and np.array_equal(pm.add(ok, [0.0, 0.0]), [20, 21])  # nothing half-added
+
+
+def test_add_refuses_what_a_saved_map_could_not_hold(tmp_path):
+    """A pose of NaN or inf (odometry of 1e308 interpolated), a descriptor that is no unit vector, text that is not
+    UTF-8 or features that are not bytes were stored, and then the saved map was refused on loading or every later
+    save failed. They are an InputError now, and nothing is half-added."""
+    pm = small_map()
+    ok = unit(np.ones((2, 16)))
+    good = Pose((1.0, 2.0, 3.0), (0.0, 0.0, 0.6, 0.8), "odom")
+    bad = {
+        "NaN position": {"poses": [good, Pose((math.nan, 0.0, 0.0))]},
+        "overflowed position": {"poses": [Pose((1e308 * 10, 0.0, 0.0)), good]},
+        "inf orientation": {"poses": [good, Pose((0.0, 0.0, 0.0), (0.0, 0.0, 0.0, math.inf))]},
+        "a position of two numbers": {"poses": [good, Pose((1.0, 2.0))]},
+        "a position of text": {"poses": [good, Pose(("a", 0.0, 0.0))]},
+        "a lone surrogate in a frame id": {"frame_ids": ["cam", "\udc80"]},
+        "a lone surrogate in a pose frame": {"poses": [good, Pose((0.0, 0.0, 0.0), (0.0, 0.0, 0.0, 1.0), "\ud800")]},
+        "a source that is no text": {"sources": ["a", 5]},
+        "features that are text": {"local_features": [b"x", "text"]},
+    }
+    for name, kwargs in bad.items():
+        with pytest.raises(InputError):
+            pm.add(ok, [0.0, 0.0], **kwargs)
+            pytest.fail(f"{name} was added")
+    for scale in (1000.0, 0.5):
+        with pytest.raises(InputError, match="unit vectors"):
+            pm.add(ok * scale, [0.0, 0.0])
+    assert len(pm) == 20 and pm.cols.n == 20
+    assert np.array_equal(pm.add(ok, [0.0, 0.0], poses=[good, None], frame_ids=["cam", "caméra"]), [20, 21])
+    back = copy(pm, tmp_path / "m")
+    assert back.place(20).pose == good and back.place(21).frame_id == "caméra"
 
 
 # -- 7. concurrency -----------------------------------------------------------------------------------

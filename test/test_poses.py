@@ -15,7 +15,8 @@ from nav_msgs.msg import Odometry
 from rosbags.typesys import Stores, get_typestore
 from std_msgs.msg import Header
 
-from vpr_ros.bags.poses import PoseBuffer, pose_from_msg, slerp
+from vpr_ros.bags.poses import MAX_POSITION_M, PoseBuffer, pose_from_msg, slerp
+from vpr_ros.errors import InputError
 from vpr_ros.types import Pose
 
 T0 = 1_700_000_000.0  # realistic epoch stamps: float seconds resolve 0.24 us there, hence atol=1e-5 below
@@ -142,6 +143,27 @@ def test_invalid_samples_are_rejected() -> None:
         buf.add(math.inf, [0, 0, 0], yaw_quat(0), "odom")
     buf.add(T0, [0, 0, 0], [0, 0, 0, 2.0], "odom")  # normalised
     assert buf.lookup(T0).orientation == (0.0, 0.0, 0.0, 1.0)
+
+
+def test_absurd_positions_are_refused_so_every_lookup_is_finite() -> None:
+    """Odometry of +-1e308 was accepted and interpolated to inf, and the place map that stored it could no longer
+    be loaded. Such samples are refused (callers count them); between the largest accepted ones a lookup stays
+    finite, and so does a quaternion of huge but finite components."""
+    buf = PoseBuffer(max_gap_s=1.0)
+    for stamp, x in ((T0, -1e308), (T0 + 0.2, 1e308), (T0 + 0.4, 1e10), (T0 + 0.6, -MAX_POSITION_M * 1.001)):
+        with pytest.raises(InputError, match="from the origin of its frame"):
+            buf.add(stamp, [x, 0, 0], yaw_quat(0), "odom")
+    with pytest.raises(InputError, match="quaternion"):
+        buf.add(T0, [0, 0, 0], [1e308, 1e308, 0, 0], "odom")  # its norm overflows
+    buf.add(T0, [-MAX_POSITION_M, MAX_POSITION_M, 0], [1e150, 0, 0, 1e150], "odom")
+    buf.add(T0 + 0.5, [MAX_POSITION_M, -MAX_POSITION_M, 0], yaw_quat(3.0), "odom")
+    assert len(buf) == 2
+    for t in np.linspace(-0.2, 0.7, 31):
+        pose = buf.lookup(T0 + t)
+        assert pose is None or all(math.isfinite(v) for v in (*pose.position, *pose.orientation)), (t, pose)
+    mid = buf.lookup(T0 + 0.25)
+    np.testing.assert_allclose(mid.position, (0.0, 0.0, 0.0), atol=1e-3)
+    assert np.linalg.norm(mid.orientation) == pytest.approx(1.0)
 
 
 def test_concurrent_adds_and_lookups() -> None:

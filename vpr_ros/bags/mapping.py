@@ -5,7 +5,10 @@ model describes the previous batch, so inference stays the bottleneck. Keyframes
 two steps by :class:`vpr_ros.maps.keyframes.KeyframeSelector` (the live node's gate too):
 time/distance subsampling before inference, descriptor novelty after it.
 
-Places are keyed by the image ``header.stamp`` and carry the interpolated pose when there is one.
+Places are keyed by the image ``header.stamp`` and carry the interpolated pose when there is one
+(pose samples that are not finite or absurdly far are rejected and counted). The map's write lock
+is held from opening the map to saving it, so a second writer is refused instead of one of the two
+losing its places.
 Bags are read one after another; if one turns out damaged half-way, the places added so far are
 saved (atomically, so the earlier map is never lost) and :class:`vpr_ros.bags.reader.BagError` is
 raised with the summary attached.
@@ -26,6 +29,7 @@ from vpr_ros.bags.reader import BagError, Frame, ReadAhead, ReadStats, check_bag
 from vpr_ros.errors import InputError, VprError
 from vpr_ros.extractor import DescriptorExtractor
 from vpr_ros.maps.keyframes import KeyframeSelector
+from vpr_ros.maps.locking import lock_map
 from vpr_ros.maps.place_map import PlaceMap
 from vpr_ros.types import ModelIdentity
 
@@ -48,6 +52,7 @@ class BuildSummary:
     distance_unchecked: int = 0  # passed min_distance only because they had no pose
     kept_without_pose: int = 0
     pose_samples: int = 0
+    pose_rejected: int = 0  # samples dropped: NaN or inf, beyond MAX_POSITION_M, NavSatFix without a fix
     map_places: int = 0
     first_id: int | None = None
     seconds: float = 0.0
@@ -72,14 +77,18 @@ class BuildSummary:
                          "could not drop them")
         if self.out_of_order:
             lines.append(f"out of order       {self.out_of_order} frames stamped before earlier ones (dropped)")
-        lines.append(f"map                {self.out}: {self.map_places} places ({self.pose_samples} pose samples read)")
+        rejected = f", {self.pose_rejected} rejected as not finite, out of range or without a fix" \
+            if self.pose_rejected else ""
+        lines.append(f"map                {self.out}: {self.map_places} places ({self.pose_samples} pose samples "
+                     f"read{rejected})")
         if self.error:
             lines.append(f"error              {self.error}")
         return "\n".join(lines)
 
 
 def open_map(out: Path, model_id: ModelIdentity, dim: int, index: str, append: bool) -> PlaceMap:
-    """The map to add to: the existing one with ``append`` (same model required), else a new one."""
+    """The map to add to: the existing one with ``append`` (same model required), else a new one. The caller
+    holds the map's write lock (:func:`vpr_ros.maps.locking.lock_map`) until it has saved."""
     if not out.exists() and not PlaceMap.exists(out):
         return PlaceMap.create(dim, index, model_id)
     if not append:
@@ -136,34 +145,35 @@ def build_map(
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     selector = KeyframeSelector(min_period, min_distance, novelty)
     out = Path(out)
-    pm = open_map(out, extractor.identity, extractor.descriptor_dim, index, append)
-    summary, stats = BuildSummary(out), ReadStats()
-    origin = [pm.enu_origin]  # appended NavSatFix poses share the map's ENU frame
-    frames = _frames([Path(b) for b in bags], image_topic, pose_topic, start, end, max_pose_gap, origin, stats)
-    # a --start/--end window reads an unknown share of the messages: no total then
-    total = _message_count([Path(b) for b in bags], image_topic) if progress and start is None and end is None else None
-    t0 = time.perf_counter()
-    pending: list[Frame] = []
-    try:
-        with ReadAhead(frames, depth=2 * batch_size) as ahead, \
-                tqdm(desc="build-map", total=total, unit="frame", disable=not progress, dynamic_ncols=True) as bar:
-            for frame in ahead:
-                bar.update()
-                if selector.sample(frame.seconds, None if frame.pose is None else frame.pose.position):
-                    pending.append(frame)
-                if len(pending) >= batch_size:
-                    _add(pm, extractor, pending, selector, summary)
-                    bar.set_postfix(kept=summary.kept, refresh=False)
-            _add(pm, extractor, pending, selector, summary)
-            bar.set_postfix(kept=summary.kept)
-    except BagError as exc:
-        _add(pm, extractor, pending, selector, summary)  # frames read before the damage are good
-        summary.error = str(exc)
-        _finish(pm, out, summary, stats, t0, save=append or summary.kept > 0, origin=origin[0], selector=selector)
-        error = BagError(f"{exc}\n{_saved_note(summary, append)}")
-        error.summary = summary  # type: ignore[attr-defined]
-        raise error from exc
-    return _finish(pm, out, summary, stats, t0, save=True, origin=origin[0], selector=selector)
+    with lock_map(out):  # held until saved: MapLockedError while another process writes this map
+        pm = open_map(out, extractor.identity, extractor.descriptor_dim, index, append)
+        summary, stats = BuildSummary(out), ReadStats()
+        origin = [pm.enu_origin]  # appended NavSatFix poses share the map's ENU frame
+        frames = _frames([Path(b) for b in bags], image_topic, pose_topic, start, end, max_pose_gap, origin, stats)
+        whole = progress and start is None and end is None  # a --start/--end window reads an unknown share
+        total = _message_count([Path(b) for b in bags], image_topic) if whole else None
+        t0 = time.perf_counter()
+        pending: list[Frame] = []
+        try:
+            with ReadAhead(frames, depth=2 * batch_size) as ahead, \
+                    tqdm(desc="build-map", total=total, unit="frame", disable=not progress, dynamic_ncols=True) as bar:
+                for frame in ahead:
+                    bar.update()
+                    if selector.sample(frame.seconds, None if frame.pose is None else frame.pose.position):
+                        pending.append(frame)
+                    if len(pending) >= batch_size:
+                        _add(pm, extractor, pending, selector, summary)
+                        bar.set_postfix(kept=summary.kept, refresh=False)
+                _add(pm, extractor, pending, selector, summary)
+                bar.set_postfix(kept=summary.kept)
+        except BagError as exc:
+            _add(pm, extractor, pending, selector, summary)  # frames read before the damage are good
+            summary.error = str(exc)
+            _finish(pm, out, summary, stats, t0, save=append or summary.kept > 0, origin=origin[0], selector=selector)
+            error = BagError(f"{exc}\n{_saved_note(summary, append)}")
+            error.summary = summary  # type: ignore[attr-defined]
+            raise error from exc
+        return _finish(pm, out, summary, stats, t0, save=True, origin=origin[0], selector=selector)
 
 
 def _saved_note(summary: BuildSummary, append: bool) -> str:
@@ -204,5 +214,6 @@ def _finish(pm: PlaceMap, out: Path, summary: BuildSummary, stats: ReadStats, t0
     summary.bad_reasons = dict(stats.bad)
     summary.out_of_order = stats.out_of_order
     summary.pose_samples = stats.pose_samples
+    summary.pose_rejected = stats.pose_rejected
     summary.map_places = len(pm)
     return summary

@@ -5,6 +5,12 @@ samples around it (position linearly, orientation by slerp). Interpolating acros
 would invent motion, so gaps longer than ``max_gap_s`` give no pose; a stamp just beyond a
 sample (the newest odometry often lags the image a little) takes that sample if it is within
 ``max_gap_s / 2``.
+
+A sample that is not finite or lies further than :data:`MAX_POSITION_M` from its frame's origin
+is refused (InputError, which callers count as a rejected sample): no odometry or map frame is that
+large, and interpolating between such numbers (±1e308) overflowed to inf, which poisoned the place
+map it was stored in. Between bounded samples an interpolated pose is bounded too (a convex
+combination, and a unit quaternion), so every pose looked up is finite.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from vpr_ros.errors import InputError
 from vpr_ros.types import Pose
 
 _NLERP_DOT = 0.9995  # above this cosine, slerp's sin(theta) is too small to divide by safely
+MAX_POSITION_M = 1e9  # a million km: far beyond ECEF, UTM or any local frame; larger is damage, not motion
 
 
 class _Sample(NamedTuple):
@@ -81,6 +88,8 @@ class PoseBuffer:
             raise InputError(f"stamp must be finite, got {stamp_s}")
         if pos.shape != (3,) or not np.isfinite(pos).all():
             raise InputError(f"position must be 3 finite numbers, got {position!r}")
+        if np.abs(pos).max() > MAX_POSITION_M:
+            raise InputError(f"position {position!r} is more than {MAX_POSITION_M:g} m from the origin of its frame")
         norm = float(np.linalg.norm(quat)) if quat.shape == (4,) else 0.0
         if not (math.isfinite(norm) and norm > 1e-9):
             raise InputError(f"orientation must be a non-zero finite quaternion (x, y, z, w), got {orientation!r}")

@@ -37,6 +37,7 @@ from vpr_ros.errors import InputError
 IVFPQ_MIN_TRAIN = 10_000
 PCA_MIN_TRAIN = 1_000
 HNSW_M = 32
+HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 80, 128
 IVF_NPROBE = 32  # lists visited per query: recall vs. speed, measured in bench/map.py
 _PCA = re.compile(r"pca([1-9]\d*)(ivf)?")
 
@@ -100,7 +101,7 @@ def new_index(kind: IndexKind, dim: int, count: int = 0) -> faiss.Index:
     index = faiss.index_factory(dim, kind.factory(dim, count), faiss.METRIC_INNER_PRODUCT)
     if isinstance(faiss.downcast_index(index.index), faiss.IndexHNSW):
         hnsw = faiss.downcast_index(index.index).hnsw
-        hnsw.efConstruction, hnsw.efSearch = 80, 128
+        hnsw.efConstruction, hnsw.efSearch = HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH
     return index
 
 

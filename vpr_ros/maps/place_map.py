@@ -3,9 +3,12 @@
 On disk a map is a folder: ``manifest.json`` (format, descriptor size, index kind, counts, the
 model that built it, size and SHA-256 of every file and of the manifest itself), ``index.faiss``
 and ``places.sqlite``.
-Saving writes a complete new folder beside the old one, fsyncs it and renames it into place,
-so a process killed at any moment leaves a loadable map (the old one or the new one). Loading
-verifies the manifest, the file checksums and the counts before answering any query.
+Saving checks what it is about to write as loading would, writes a complete new folder beside the
+old one, fsyncs it and renames it into place, so a process killed at any moment leaves a loadable
+map (the old one or the new one), and a reader meanwhile reads one of them whole
+(:mod:`vpr_ros.maps.storage`). One process writes a map at a time (:mod:`vpr_ros.maps.locking`).
+Loading verifies the manifest, the file sizes and checksums, the counts and what the index holds
+(:mod:`vpr_ros.maps.index_checks`) before answering any query.
 
 Place ids are assigned in insertion order and never reused, so "the last N places" and
 "places newer than t" are cheap to exclude at query time.
@@ -32,8 +35,11 @@ from typing import Any
 import faiss
 import numpy as np
 
-from vpr_ros.errors import CorruptMapError, InputError, MapError, MapSaveError, MissingFileError, ModelMismatchError
+from vpr_ros.errors import CorruptMapError, InputError, MapError, MapSaveError, ModelMismatchError
+from vpr_ros.maps import storage
+from vpr_ros.maps.index_checks import NORM_TOLERANCE, check_contents
 from vpr_ros.maps.index_kinds import IndexKind, new_index, train_index
+from vpr_ros.maps.locking import lock_map
 from vpr_ros.types import NS_PER_S, ModelIdentity, Pose, Stamp, Stamped, ns_to_pair, to_ns
 
 LOG = logging.getLogger(__name__)
@@ -173,11 +179,21 @@ class PlaceMap:
         """
         x = self._check_descriptors(descriptors)
         n = len(x)
+        norms = np.linalg.norm(x, axis=1)
+        if n and np.abs(norms - 1.0).max() > NORM_TOLERANCE:
+            raise InputError(f"descriptors must be unit vectors; got norms {norms.min():.4g} .. {norms.max():.4g}")
         for name, seq in (("stamps", stamps), ("poses", poses), ("frame_ids", frame_ids), ("sources", sources),
                           ("local_features", local_features), ("cameras", cameras)):
             if seq is not None and len(seq) != n:
                 raise InputError(f"{name} has {len(seq)} entries for {n} descriptors")
         parsed = [0] * n if stamps is None else [to_ns(s) for s in stamps]
+        pose_rows = [None if pose is None else _pose_row(pose) for pose in poses or []]
+        for name, texts in (("frame_ids", frame_ids), ("sources", sources), ("cameras", cameras),
+                            ("pose frame ids", [pose.frame_id for pose in poses or [] if pose is not None])):
+            for text in texts or []:
+                _check_text(name, text)
+        if any(blob is not None and not isinstance(blob, bytes) for blob in local_features or []):
+            raise InputError("local_features must be bytes (or None for a place without them)")
         with self._lock:
             c = self.cols
             ids = np.arange(c.n, c.n + n, dtype=np.int64)
@@ -189,9 +205,9 @@ class PlaceMap:
             c.source[rows] = [c.intern(s) for s in sources or [""] * n]
             c.camera[rows] = [c.intern(s) for s in cameras or [""] * n]
             c.pose[rows] = np.nan
-            for i, pose in enumerate(poses or []):
+            for i, (pose, row) in enumerate(zip(poses or [], pose_rows, strict=True)):
                 if pose is not None:
-                    c.pose[c.n + i] = [*pose.position, *pose.orientation]
+                    c.pose[c.n + i] = row
                     c.pose_frame[c.n + i] = c.intern(pose.frame_id)
             self.index.add_with_ids(x, ids)
             c.n += n
@@ -315,10 +331,18 @@ class PlaceMap:
     # -- persistence ----------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the map atomically: a complete copy beside ``path``, fsynced, then renamed."""
+        """Write the map atomically: a complete copy beside ``path``, checked as ``load`` checks a map, fsynced,
+        then renamed into place. A path that is a symbolic link saves into the link's target and stays a link.
+        The save holds the map's write lock (:mod:`vpr_ros.maps.locking`): MapLockedError while another process
+        writes the map. Any failure is a MapSaveError; the map in memory and the saved map stay intact."""
         path = Path(path)
         try:
-            self._save(path)
+            self._save(storage.save_target(path))
+        except MapSaveError:
+            raise
+        except CorruptMapError as exc:  # the loader would refuse what is in memory: keep the saved map instead
+            raise MapSaveError(f"saving the map to {path} failed: loading it would fail ({exc}); the previous "
+                               "saved map is untouched") from exc
         except (OSError, sqlite3.Error, RuntimeError) as exc:  # disk full, permissions, faiss I/O
             raise MapSaveError(f"saving the map to {path} failed ({type(exc).__name__}: {exc}); the map in "
                                "memory is intact and the previous saved map is untouched") from exc
@@ -327,33 +351,61 @@ class PlaceMap:
         if path.exists() and not (path / MANIFEST).is_file() and (not path.is_dir() or any(path.iterdir())):
             # a file or a folder of other things: replacing it would delete them (it would become path.bak)
             raise FileExistsError(errno.EEXIST, "something other than a place map is in the way", str(path))
+        storage.io_step("mkdir", path.parent)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-        backup = path.with_name(f"{path.name}.bak")
-        shutil.rmtree(tmp, ignore_errors=True)
-        for stale in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
-            if _left_by_dead_process(stale):  # a save killed part-way
-                shutil.rmtree(stale, ignore_errors=True)
-        tmp.mkdir()
-        try:
-            with self._lock:
-                faiss.write_index(self.index, str(tmp / INDEX_FILE))
-                _fsync_file(tmp / INDEX_FILE)
-                self._write_places(tmp / PLACES_FILE)
-                manifest = self._manifest()
-            manifest["files"] = {name: _file_info(tmp / name) for name in (INDEX_FILE, PLACES_FILE)}
-            manifest["manifest_sha256"] = _manifest_digest(manifest)
-            _write_synced(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
-            _fsync_dir(tmp)
-            if backup.exists() and path.exists():
-                shutil.rmtree(backup)  # left over from an interrupted save; path is complete
-            if path.exists():
-                os.replace(path, backup)  # a crash from here on: load() falls back to the backup
-            os.replace(tmp, path)
-            _fsync_dir(path.parent)
-            shutil.rmtree(backup, ignore_errors=True)
-        finally:
+        with lock_map(path):
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
             shutil.rmtree(tmp, ignore_errors=True)
+            for stale in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+                if storage.left_by_dead_process(stale):  # a save killed part-way
+                    shutil.rmtree(stale, ignore_errors=True)
+            storage.io_step("mkdir", tmp)
+            tmp.mkdir()
+            try:
+                self._write(tmp)
+                self._swap(tmp, path)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def _write(self, tmp: Path) -> None:
+        """The map as a complete folder ``tmp``, fsynced, after the loader's own checks of what it holds."""
+        with self._lock:
+            manifest = self._manifest()
+            _check_index(self, _parse_manifest(tmp, json.loads(json.dumps({**manifest, "files": _UNWRITTEN}))))
+            check_contents(self.index, tmp / INDEX_FILE)
+            storage.io_step("write", tmp / INDEX_FILE)
+            faiss.write_index(self.index, str(tmp / INDEX_FILE))
+            storage.fsync_file(tmp / INDEX_FILE)
+            self._write_places(tmp / PLACES_FILE)
+        manifest["files"] = {name: storage.file_info(tmp / name) for name in (INDEX_FILE, PLACES_FILE)}
+        manifest["manifest_sha256"] = _manifest_digest(manifest)
+        text = json.dumps(manifest, indent=1)
+        _parse_manifest(tmp, json.loads(text))  # e.g. a calibration out of range: refused here, not at the next load
+        storage.write_synced(tmp / MANIFEST, text.encode())
+        storage.fsync_dir(tmp)
+
+    @staticmethod
+    def _swap(tmp: Path, path: Path) -> None:
+        """Put the complete folder ``tmp`` at ``path``; the old map waits in ``path.bak`` between the renames."""
+        backup = path.with_name(f"{path.name}.bak")
+        if backup.exists() and path.exists():
+            storage.io_step("remove", backup)
+            shutil.rmtree(backup)  # left over from an interrupted save; path is complete
+        if path.exists():
+            storage.io_step("rename", path)
+            os.replace(path, backup)  # a crash from here on: load() falls back to the backup
+        storage.io_step("rename", tmp)
+        os.replace(tmp, path)
+        try:
+            storage.fsync_dir(path.parent)
+        except OSError as exc:
+            raise MapSaveError(f"the map was written to {path}, but the disk did not confirm it ({exc}); save "
+                               "again to be sure") from exc
+        try:
+            storage.io_step("remove", backup)
+            shutil.rmtree(backup, ignore_errors=True)
+        except OSError as exc:  # the new map is saved; the next save removes the backup
+            LOG.warning("could not remove %s: %s", backup, exc)
 
     def _manifest(self) -> dict:
         return {
@@ -372,6 +424,17 @@ class PlaceMap:
 
     def _write_places(self, file: Path) -> None:
         c = self.cols
+        rows = []
+        for pid in range(c.n):
+            pose = c.pose[pid]
+            has = not np.isnan(pose[0])
+            row = (pid, *ns_to_pair(c.ns[pid]), c.strings[c.frame[pid]], *(pose.tolist() if has else [None] * 7),
+                   c.strings[c.pose_frame[pid]] if has else None, c.strings[c.source[pid]], int(not c.alive[pid]),
+                   int(pid in self.tombstones), c.strings[c.camera[pid]])
+            if why := _bad_place(*row[1:4], list(row[4:11]), *row[11:15]):  # what the loader would refuse
+                raise CorruptMapError(f"place {pid} has {why}")
+            rows.append(row)
+        storage.io_step("write", file)
         con = sqlite3.connect(file)
         try:
             con.executescript(
@@ -380,98 +443,84 @@ class PlaceMap:
                 " source TEXT, removed INTEGER, hidden INTEGER, camera TEXT);"
                 "CREATE TABLE local_features (id INTEGER PRIMARY KEY, data BLOB);"
             )
-            rows = []
-            for pid in range(c.n):
-                pose = c.pose[pid]
-                has = not np.isnan(pose[0])
-                rows.append((pid, *ns_to_pair(c.ns[pid]), c.strings[c.frame[pid]],
-                             *(pose.tolist() if has else [None] * 7),
-                             c.strings[c.pose_frame[pid]] if has else None, c.strings[c.source[pid]],
-                             int(not c.alive[pid]), int(pid in self.tombstones), c.strings[c.camera[pid]]))
             con.executemany("INSERT INTO places VALUES (" + ",".join("?" * 16) + ")", rows)
             con.executemany("INSERT INTO local_features VALUES (?, ?)", self.local_features.items())
             con.commit()
         finally:
             con.close()
-        _fsync_file(file)
+        storage.fsync_file(file)
 
     @classmethod
     def load(cls, path: str | os.PathLike, model_id: ModelIdentity | None = None) -> PlaceMap:
-        """Open a saved map, verifying files, counts and (when given) the model identity. Every damage
-        is a MapError (CorruptMapError, ModelMismatchError) or MissingFileError, never a wrong answer."""
-        info = cls.info(path)
+        """Open a saved map, verifying files, counts, index contents and (when given) the model identity. Every
+        damage is a MapError (CorruptMapError, ModelMismatchError) or MissingFileError, never a wrong answer. A
+        map saved meanwhile is read whole, the old or the new one (:func:`vpr_ros.maps.storage.read_consistently`).
+
+        A process that will save the map again takes its write lock first (:func:`vpr_ros.maps.locking.lock_map`)
+        and keeps it until it has saved, so no other writer's places are overwritten."""
+        return storage.read_consistently(Path(path), MANIFEST, lambda folder: cls._load(folder, model_id))
+
+    @classmethod
+    def _load(cls, folder: storage.Folder, model_id: ModelIdentity | None) -> PlaceMap:
+        info = _read_info(folder)
         path = info.path
         check_model(info.model, model_id, path)
-        for name, expected in info.files.items():
-            try:
-                actual = _file_info(path / name) if (path / name).is_file() else None
-            except OSError as exc:
-                raise MapError(f"{path / name} cannot be read: {exc.strerror or exc}") from exc
-            if actual != expected:
-                what = "missing" if actual is None else f"{actual['bytes']:,} bytes, expected {expected['bytes']:,}" \
-                    if actual["bytes"] != expected["bytes"] else "checksum mismatch"
-                raise CorruptMapError(f"{path / name} is truncated or damaged ({what}); restore the map or rebuild it")
+        _check_files(folder, info)
         pm = cls(info.dim, IndexKind.parse(info.index), info.model)
         try:
-            pm.index = faiss.read_index(str(path / INDEX_FILE))
+            pm.index = faiss.read_index(str(folder.file(INDEX_FILE)))
         except (RuntimeError, MemoryError) as exc:
             raise CorruptMapError(f"{path / INDEX_FILE} cannot be read: {str(exc).splitlines()[0]}") from exc
         pm.trained = info.trained
-        pm._read_places(path / PLACES_FILE)
+        pm._read_places(folder.file(PLACES_FILE), path / PLACES_FILE, info.next_id)
         pm.enu_origin = info.enu_origin or _legacy_enu_origin(pm.cols.strings)
         pm.calibration = info.calibration
         _check_index(pm, info)
+        check_contents(pm.index, path / INDEX_FILE)
         return pm
 
     @staticmethod
     def exists(path: str | os.PathLike) -> bool:
         """Whether ``path`` holds a saved map, or its ``.bak`` does after an interrupted save."""
         path = Path(path)
-        return (path / MANIFEST).is_file() or (path.with_name(f"{path.name}.bak") / MANIFEST).is_file()
+        return (path / MANIFEST).is_file() or (storage.backup_of(path) / MANIFEST).is_file()
 
     @staticmethod
     def info(path: str | os.PathLike) -> MapInfo:
         """The manifest of a saved map (falling back to ``.bak`` after an interrupted save), every field
         type- and range-checked; the index and places are not read. The one reader of manifests, so
         ``load``, ``map-info``, ``query`` and the node agree on which folder a map is and what it says."""
-        path = Path(path)
-        backup = path.with_name(f"{path.name}.bak")
-        if not (path / MANIFEST).is_file() and (backup / MANIFEST).is_file():
-            LOG.warning("%s is missing after an interrupted save; using the previous map %s", path, backup)
-            path = backup
-        if not path.is_dir():
-            raise MissingFileError(f"no place map at {path}")
-        return _parse_manifest(path, _read_manifest(path / MANIFEST))
+        return storage.read_consistently(Path(path), MANIFEST, _read_info)
 
-    def _read_places(self, file: Path) -> None:
+    def _read_places(self, file: Path, shown: Path, next_id: int) -> None:
+        """Places and local features from ``file`` (named ``shown`` in messages). The database is untrusted: only
+        real tables are read (a view or virtual table could compute rows without end), with SQLite's defensive
+        settings, at most ``next_id`` + 1 rows and a bounded amount of work."""
         try:
             damage = _sqlite_size_error(file)
         except OSError as exc:
-            raise MapError(f"{file} cannot be read: {exc.strerror or exc}") from exc
+            raise MapError(f"{shown} cannot be read: {exc.strerror or exc}") from exc
         if damage:
-            raise CorruptMapError(f"{file} is not a whole places database ({damage}); restore the map or rebuild it")
+            raise CorruptMapError(f"{shown} is not a whole places database ({damage}); restore the map or rebuild it")
         try:
             # immutable: read exactly the bytes the checksum covered, never a leftover journal, and create no files
             con = sqlite3.connect(f"{file.absolute().as_uri()}?mode=ro&immutable=1", uri=True)
             try:
-                columns = {row[1] for row in con.execute("PRAGMA table_info(places)")}
-                camera = "camera" if "camera" in columns else "''"  # maps saved before cameras had names
-                rows = con.execute(f"SELECT {_PLACE_COLUMNS}, {camera} FROM places ORDER BY id").fetchall()
-                features = con.execute("SELECT id, data FROM local_features ORDER BY id").fetchall()
+                rows, features = _select_places(con, shown, next_id)
             finally:
                 con.close()
         except sqlite3.Error as exc:
-            raise CorruptMapError(f"{file} is not a readable places database: {exc}") from exc
+            raise CorruptMapError(f"{shown} is not a readable places database: {exc}") from exc
         c = self.cols
         c.grow(len(rows))
         for pid, sec, nsec, frame, *pose, pose_frame, source, removed, hidden, camera in rows:
             if type(pid) is not int or pid != c.n:
-                raise CorruptMapError(f"{file}: place ids are not contiguous at {pid!r} (expected {c.n})")
+                raise CorruptMapError(f"{shown}: place ids are not contiguous at {pid!r} (expected {c.n})")
             why = _bad_place(sec, nsec, frame, pose, pose_frame, source, removed, hidden)
             if not why and not isinstance(camera, str):
                 why = f"camera {camera!r} that is not text"
             if why:
-                raise CorruptMapError(f"{file}: place {pid} has {why}; restore the map or rebuild it")
+                raise CorruptMapError(f"{shown}: place {pid} has {why}; restore the map or rebuild it")
             c.ns[pid], c.alive[pid] = sec * NS_PER_S + nsec, not removed
             c.frame[pid], c.source[pid], c.camera[pid] = c.intern(frame), c.intern(source), c.intern(camera)
             c.pose[pid] = np.nan if pose[0] is None else pose
@@ -481,9 +530,76 @@ class PlaceMap:
             c.n += 1
         for pid, blob in features:
             if type(pid) is not int or not 0 <= pid < c.n or not c.alive[pid] or not isinstance(blob, bytes):
-                raise CorruptMapError(f"{file}: local features stored for {pid!r}, which is no place of the map "
+                raise CorruptMapError(f"{shown}: local features stored for {pid!r}, which is no place of the map "
                                       f"(or not a blob); restore the map or rebuild it")
         self.local_features = {pid: bytes(blob) for pid, blob in features}
+
+
+_UNWRITTEN = {name: {"bytes": 0, "sha256": "0" * 64} for name in (INDEX_FILE, PLACES_FILE)}  # checked before writing
+SQLITE_STEPS_PER_PLACE = 200  # progress-handler calls (of 1000 VM steps) a read may take per place, plus a base
+
+
+def _select_places(con: sqlite3.Connection, shown: Path, next_id: int) -> tuple[list, list]:
+    """Rows of the places and local_features tables, read defensively (see ``_read_places``)."""
+    con.execute("PRAGMA trusted_schema = OFF")  # no functions with side effects from the schema
+    budget = [SQLITE_STEPS_PER_PLACE * (next_id + 1000)]
+
+    def spend() -> int:
+        budget[0] -= 1
+        return budget[0] < 0  # non-zero: sqlite interrupts the statement
+
+    con.set_progress_handler(spend, 1000)
+    tables = dict(con.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table' AND name IN "
+                              "('places', 'local_features')"))
+    columns: dict[str, set[str]] = {}
+    for table in ("places", "local_features"):
+        if not str(tables.get(table, "")).upper().startswith("CREATE TABLE"):  # a view, a virtual table, none
+            raise CorruptMapError(f"{shown} is damaged: it has no table {table!r}; restore the map or rebuild it")
+        info = con.execute(f"PRAGMA table_xinfo({table})").fetchall()
+        if any(row[6] != 0 for row in info):  # generated or hidden columns compute values on reading
+            raise CorruptMapError(f"{shown} is damaged: table {table!r} has computed columns; restore the map or "
+                                  "rebuild it")
+        columns[table] = {row[1] for row in info}
+    camera = "camera" if "camera" in columns["places"] else "''"  # maps saved before cameras had names
+    limit = min(next_id, 1 << 40) + 1  # one more than the manifest allows, to notice extra rows
+    rows = con.execute(f"SELECT {_PLACE_COLUMNS}, {camera} FROM places ORDER BY id LIMIT ?", (limit,)).fetchall()
+    features = con.execute("SELECT id, data FROM local_features ORDER BY id LIMIT ?", (limit,)).fetchall()
+    if len(rows) > next_id or len(features) > next_id:
+        raise CorruptMapError(f"{shown} is damaged: more rows than the {next_id} places its manifest lists; restore "
+                              "the map or rebuild it")
+    return rows, features
+
+
+def _read_info(folder: storage.Folder) -> MapInfo:
+    return _parse_manifest(folder.path, _read_manifest(folder.file(MANIFEST), folder.path / MANIFEST))
+
+
+def _check_files(folder: storage.Folder, info: MapInfo) -> None:
+    """Sizes first (against the manifest and a bound from its counts: a 20 GB sparse file is refused at once, not
+    hashed for a minute), then the SHA-256 of each data file."""
+    path = info.path
+    for name, expected in info.files.items():
+        file = folder.file(name)
+        try:
+            size = os.stat(file).st_size if file.is_file() else None
+            bound = _size_bound(name, info)
+            what = "missing" if size is None else f"{size:,} bytes, expected {expected['bytes']:,}" \
+                if size != expected["bytes"] else f"{size:,} bytes, more than a map of these counts can hold" \
+                if size > bound else "checksum mismatch" if storage.file_info(file) != expected else ""
+        except OSError as exc:
+            raise MapError(f"{path / name} cannot be read: {exc.strerror or exc}") from exc
+        if what:
+            raise CorruptMapError(f"{path / name} is truncated or damaged ({what}); restore the map or rebuild it")
+
+
+def _size_bound(name: str, info: MapInfo) -> int:
+    """The most bytes a data file of a map with ``info``'s counts can take (generously: damage is far beyond)."""
+    if name == PLACES_FILE:  # a row of stamps, pose and names, plus verification features of up to a few MB
+        return (16 << 20) + info.next_id * (4 << 20)
+    kind = IndexKind.parse(info.index) if info.trained else IndexKind("flat")
+    reduced = kind.pca_dim or info.dim
+    fixed = (1 << 20) + 4 * info.dim * (kind.pca_dim or 0) + (4 * 16384 * reduced + 1024 * info.dim) * kind.ivf
+    return fixed + info.index_ntotal * (4 * info.dim + 2048)
 
 
 def _sqlite_size_error(file: Path) -> str:
@@ -526,12 +642,13 @@ def _bad_place(sec: object, nsec: object, frame: object, pose: list, pose_frame:
     return ""
 
 
-def _read_manifest(file: Path) -> dict:
-    """The manifest as a JSON object; MapError when the folder is no map, CorruptMapError when damaged."""
+def _read_manifest(source: Path, file: Path) -> dict:
+    """The manifest read from ``source`` (named ``file`` in messages) as a JSON object; MapError when the folder
+    is no map, CorruptMapError when damaged."""
     try:
-        if file.exists() and not file.is_file():  # a folder, a device such as /dev/zero, a pipe
+        if source.exists() and not source.is_file():  # a folder, a device such as /dev/zero, a pipe
             raise MapError(f"{file} is not a regular file")
-        with open(file, "rb") as f:
+        with open(source, "rb") as f:
             data = f.read(MAX_MANIFEST_BYTES + 1)
         if len(data) > MAX_MANIFEST_BYTES:
             raise CorruptMapError(f"{file} is damaged: over {MAX_MANIFEST_BYTES:,} bytes, a place map manifest "
@@ -733,6 +850,29 @@ def _has_structure(index: faiss.Index, kind: IndexKind, dim: int) -> bool:
     return False
 
 
+def _pose_row(pose: Pose) -> list[float]:
+    """The 7 numbers stored for a pose; InputError unless they are finite (a stored NaN or inf would make the
+    saved map unloadable)."""
+    try:
+        row = [float(v) for v in (*pose.position, *pose.orientation)]
+        shaped = len(pose.position) == 3 and len(pose.orientation) == 4
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise InputError(f"pose {pose!r} is no position of 3 and orientation of 4 numbers") from exc
+    if not shaped or not all(math.isfinite(v) for v in row):
+        raise InputError(f"pose {pose!r} is not 3 + 4 finite numbers; a place keeps finite poses only")
+    return row
+
+
+def _check_text(name: str, text: object) -> None:
+    """InputError unless ``text`` is a string the places database can store (UTF-8: no lone surrogates)."""
+    if not isinstance(text, str):
+        raise InputError(f"{name} must be text, got {text!r}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"{name} {text!r} is not valid text ({exc.reason})") from exc
+
+
 def _legacy_enu_origin(strings: Sequence[str]) -> tuple[float, float, float] | None:
     """Origin of maps saved before the manifest had ``enu_origin``: it is in their ``enu:lat,lon,alt`` frame ids."""
     for text in strings:
@@ -765,42 +905,3 @@ def check_model(stored: ModelIdentity | None, wanted: ModelIdentity | None, path
             f"{wanted.image_size[0]}x{wanted.image_size[1]} (sha256 {str(wanted.checkpoint_sha256)[:12]}); "
             "rebuild the map with the current checkpoint (vpr-ros build-map ... --checkpoint CKPT)"
         )
-
-
-def _file_info(file: Path) -> dict:
-    digest = hashlib.sha256()
-    with open(file, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return {"bytes": file.stat().st_size, "sha256": digest.hexdigest()}
-
-
-def _left_by_dead_process(tmp: Path) -> bool:
-    """Whether the process named in a ``.<name>.tmp-<pid>-<thread>`` folder has ended."""
-    try:
-        os.kill(int(tmp.name.rsplit(".tmp-", 1)[1].split("-")[0]), 0)
-    except ProcessLookupError:
-        return True
-    except (ValueError, IndexError, OSError):
-        return False
-    return False
-
-
-def _write_synced(file: Path, data: bytes) -> None:
-    with open(file, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_file(file: Path) -> None:
-    with open(file, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
