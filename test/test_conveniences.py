@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from vpr_ros.cli import main
-from vpr_ros.errors import CheckpointError, MapSaveError, ModelMismatchError, VprError
+from vpr_ros.errors import CheckpointError, InputError, MapSaveError, ModelMismatchError, VprError
 from vpr_ros.extractor import load_extractor
 from vpr_ros.loop_closure.policy import LoopClosureConfig
 from vpr_ros.loop_closure.recognizer import PlaceRecognizer
@@ -46,7 +46,7 @@ def test_without_a_sidecar_the_demo_checkpoint_needs_its_config(tmp_path: Path) 
     ext = load_extractor(lone, DEMO.with_suffix(".json"), device="cpu")
     assert ext.image_size == (112, 112)
     (tmp_path / "model.json").write_text("{not json")
-    with pytest.raises(CheckpointError, match="model.json"):
+    with pytest.raises(InputError, match="model.json"):  # the options file is at fault, not the checkpoint
         load_extractor(lone, device="cpu")
 
 

@@ -211,7 +211,7 @@ def test_no_time_window_when_localising_in_another_runs_map(route) -> None:
 def test_calibration_warns_when_the_map_cannot_support_the_estimate():
     rng = np.random.default_rng(3)
     base = rng.normal(size=DIM).astype(np.float32)
-    alike = base + 1e-4 * rng.normal(size=(40, DIM)).astype(np.float32)  # one view, 40 times
+    alike = base + 1e-2 * rng.normal(size=(40, DIM)).astype(np.float32)  # one view, 40 times, nearly alike
     pm = PlaceMap.create(DIM)
     pm.add(alike / np.linalg.norm(alike, axis=1, keepdims=True), [100.0 * i for i in range(40)])
     cal = calibrate(pm, target_fpr=0.01, min_separation_s=60)

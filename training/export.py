@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from vpr_ros.io_files import output_path, write_atomic
 from vpr_ros.models import ModelConfig
 from vpr_ros.models.loading import AGG_PREFIX, BACKBONE_PREFIX
 
@@ -61,23 +61,17 @@ def load_config(cfg: ModelConfig, image_size: Sequence[int] | None = None) -> di
     }
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(tmp)
-    tmp.replace(path)
-
-
 def export_flat(state_dict: Mapping[str, torch.Tensor], cfg: ModelConfig, out: str | Path,
                 image_size: Sequence[int] | None = None) -> tuple[Path, Path]:
     """Write ``out`` (flat state dict) and ``out`` with suffix ``.json`` (load options); return both paths."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     flat = flat_state_dict(state_dict)
     if not flat:
         raise ValueError("state dict has no backbone.model.* / aggregator.* tensors: not a VPR model")
     config_path = out.with_suffix(".json")
-    _atomic_write(out, lambda p: torch.save(flat, p))
-    _atomic_write(config_path, lambda p: p.write_text(json.dumps(load_config(cfg, image_size), indent=1) + "\n"))
+    output_path(config_path)  # both refused before either is written: a folder, a device
+    write_atomic(out, lambda p: torch.save(flat, p))
+    write_atomic(config_path, lambda p: p.write_text(json.dumps(load_config(cfg, image_size), indent=1) + "\n"))
     return out, config_path
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import textwrap
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from vpr_ros.errors import InputError
+from vpr_ros.io_files import write_atomic
 from vpr_ros.loop_closure.verification import MIN_MATCH_SIMILARITY, mutual_nearest
 
 DPI = 100
@@ -49,17 +49,11 @@ GAP = 10  # pixels between the two images of a match plot
 
 
 def save_figure(fig, out: str | os.PathLike) -> Path:
-    """Save ``fig`` as PNG to a temporary file beside ``out``, then rename it into place."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    """Save ``fig`` as PNG atomically (:func:`vpr_ros.io_files.write_atomic`: never over a device or folder)."""
     try:
-        fig.savefig(tmp, format="png", dpi=DPI)
-        os.replace(tmp, out)
+        return write_atomic(out, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return out
 
 
 def resized_rgb(image, size: Sequence[int]) -> np.ndarray:
@@ -269,10 +263,12 @@ class RetrievalTile:
 
 def thumbnail(image: str | os.PathLike | np.ndarray | None, side: int = 384) -> np.ndarray | None:
     """An image file or RGB array shrunk to fit ``side`` pixels; None for None or an unreadable file."""
+    from vpr_ros.preprocess import load_image  # refuses a FIFO or a device instead of blocking on it
+
     if image is None:
         return None
     try:
-        im = Image.fromarray(image) if isinstance(image, np.ndarray) else Image.open(image)
+        im = Image.fromarray(image if isinstance(image, np.ndarray) else load_image(image))
         with im:
             im = im.convert("RGB")
             im.thumbnail((side, side))

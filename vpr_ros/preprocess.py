@@ -51,7 +51,8 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from vpr_ros.errors import InputError, MissingFileError
-from vpr_ros.types import PATCH_SIZE
+from vpr_ros.io_files import file_kind
+from vpr_ros.types import MAX_IMAGE_SIDE, PATCH_SIZE
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -75,7 +76,9 @@ def check_image_size(size: Sequence[int]) -> tuple[int, int]:
     """Validate a model input size (H, W) and return it as a tuple of ints.
 
     DINOv2 cuts the image into 14x14 patches; other sizes would silently crop or fail deep inside
-    the model, so this fails early and suggests the nearest usable sizes.
+    the model, so this fails early and suggests the nearest usable sizes. Sides above
+    :data:`~vpr_ros.types.MAX_IMAGE_SIDE` are refused: attention grows with the square of the patch
+    count, so an absurd size would take minutes per image.
     """
     try:
         dims = tuple(size)
@@ -84,6 +87,9 @@ def check_image_size(size: Sequence[int]) -> tuple[int, int]:
     if len(dims) != 2 or any(isinstance(d, bool) or not isinstance(d, (int, np.integer)) for d in dims):
         raise InputError(f"image size must be a pair of ints (H, W), got {size!r}")
     h, w = int(dims[0]), int(dims[1])
+    if max(h, w) > MAX_IMAGE_SIDE:
+        raise InputError(f"image size {(h, w)} is too large: each side must be at most {MAX_IMAGE_SIDE} px "
+                         f"({MAX_IMAGE_SIDE // PATCH_SIZE} patches)")
     if h > 0 and w > 0 and h % PATCH_SIZE == 0 and w % PATCH_SIZE == 0:
         return h, w
     up = (_round_to_patch(h, up=True), _round_to_patch(w, up=True))
@@ -103,7 +109,9 @@ def load_image(path: PathLike) -> np.ndarray:
     path = Path(path)
     if not path.exists():
         raise MissingFileError(f"image file not found: {path}")
-    with open(path, "rb") as fh:  # permission / directory errors surface as themselves
+    if not path.is_file():  # a FIFO would block the read forever, a device never end
+        raise InputError(f"{path} is {file_kind(path.stat().st_mode)}, not an image file")
+    with open(path, "rb") as fh:  # permission errors surface as themselves
         try:
             with Image.open(fh) as img:
                 img.load()

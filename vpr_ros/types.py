@@ -16,6 +16,8 @@ from typing import Any
 from vpr_ros.errors import InputError
 
 PATCH_SIZE = 14  # DINOv2 ViT-*/14: image sides are multiples of this
+# Largest model input side (146 patches): larger sizes cost minutes per image for no recognition gain.
+MAX_IMAGE_SIDE = 2044
 NS_PER_S = 1_000_000_000
 
 Stamp = float | tuple[int, int]  # what callers may pass; int nanoseconds are used inside

@@ -12,12 +12,13 @@ import sys
 from collections.abc import Sequence
 
 from vpr_ros.cli import describe, evaluate, export, maps, visualize
+from vpr_ros.cli.arguments import CheckedParser
 from vpr_ros.cli.common import LOG
 from vpr_ros.errors import VprError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vpr-ros", description="Visual place recognition tools")
+    parser = CheckedParser(prog="vpr-ros", description="Visual place recognition tools")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     for group in (describe, evaluate, maps, visualize, export):

@@ -15,7 +15,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vpr_ros.errors import MissingFileError
+from vpr_ros.cli.arguments import MAX_BATCH, device, image_side, integer
+from vpr_ros.errors import InputError, MissingFileError
+from vpr_ros.io_files import file_kind
+from vpr_ros.types import MAX_IMAGE_SIDE
 
 if TYPE_CHECKING:
     from vpr_ros.extractor import DescriptorExtractor
@@ -36,11 +39,12 @@ def add_model_args(parser: argparse.ArgumentParser, size_default: str = CHECKPOI
     parser.add_argument("--config", type=Path,
                         help="JSON with options the checkpoint's shapes cannot tell (e.g. a reference config.json); "
                              "default: the .json next to the checkpoint, if any")
-    parser.add_argument("--image-size", nargs=2, type=int, default=None, metavar=("H", "W"),
-                        help=f"input size, multiples of 14 (default: {size_default})")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
+    parser.add_argument("--image-size", nargs=2, type=image_side, default=None, metavar=("H", "W"),
+                        help=f"input size, multiples of 14 up to {MAX_IMAGE_SIDE} (default: {size_default})")
+    parser.add_argument("--device", default="auto", type=device,
+                        help="auto (CUDA if available), cpu, cuda, cuda:N")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=integer(1, MAX_BATCH), default=16, help=f"1..{MAX_BATCH} (default 16)")
     parser.add_argument("--mode", default="standard", choices=("standard", "latency", "throughput"),
                         help="throughput: compiled backbone and overlapped uploads on a GPU (docs/gpu.md)")
 
@@ -53,11 +57,17 @@ def make_extractor(args: argparse.Namespace) -> DescriptorExtractor:
                           args.batch_size, mode=getattr(args, "mode", "standard"))
 
 
-def require_files(paths: Iterable[Path], what: str = "image") -> None:
-    """Refuse missing inputs, all of them in one message, before anything slow starts."""
-    missing = [str(p) for p in paths if not Path(p).exists()]
+def require_files(paths: Iterable[Path], what: str = "image", folders: bool = False) -> None:
+    """Refuse missing inputs, all of them in one message, before anything slow starts; and inputs that
+    are not regular files (a FIFO would block the read forever), or folders too unless ``folders``."""
+    paths = [Path(p) for p in paths]
+    missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise MissingFileError(f"{what} file{'s' if len(missing) > 1 else ''} not found: {', '.join(missing)}")
+    for path in paths:
+        if not (path.is_file() or (folders and path.is_dir())):
+            accepted = "a file or a folder" if folders else "a regular file"
+            raise InputError(f"{what} {path} is {file_kind(path.stat().st_mode)}, not {accepted}")
 
 
 def yaw_degrees(orientation: Sequence[float]) -> float:

@@ -8,12 +8,14 @@ from pathlib import Path
 import numpy as np
 
 from vpr_ros.cli.common import LOG, add_model_args, make_extractor
+from vpr_ros.io_files import output_path, write_atomic
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
     """Describe images and save the descriptors as a float32 .npy (row i = image i)."""
     from vpr_ros.preprocess import load_image
 
+    out = output_path(args.out)  # refused before anything slow: a folder, a device, a FIFO
     images, bad = [], []
     for path in args.images:
         try:
@@ -25,13 +27,13 @@ def cmd_describe(args: argparse.Namespace) -> int:
         return 2
     extractor = make_extractor(args)
     descriptors = extractor.describe(images)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "wb") as f:  # write aside, then rename: never a half-written file
-        np.save(f, descriptors)
-    tmp.replace(out)
-    print(f"wrote {descriptors.shape[0]} x {descriptors.shape[1]} descriptors to {out}")
+
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would add .npy to the temporary name
+            np.save(f, descriptors)
+
+    write_atomic(out, save)
+    print(f"wrote {descriptors.shape[0]} x {descriptors.shape[1]} descriptors to {args.out}")
     return 0
 
 

@@ -6,8 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from vpr_ros.cli.arguments import MAX_K, integer
 from vpr_ros.cli.common import add_model_args, make_extractor
+from vpr_ros.errors import InputError
 from vpr_ros.evaluation.datasets import DATASETS
+from vpr_ros.io_files import file_kind
 
 DEFAULT_CACHE = Path.home() / ".cache" / "vpr_ros" / "descriptors"
 
@@ -27,6 +30,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.index is not None:
         IndexKind.parse(args.index)
+    for folder in (args.out, args.cache):  # refused before the model loads
+        if folder.exists() and not folder.is_dir():
+            raise InputError(f"{folder} is {file_kind(folder.stat().st_mode)}, not a folder to write results into")
     datasets, missing = [], []
     for name in args.datasets:  # every dataset is checked before the model loads
         try:
@@ -74,8 +80,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"one or more of: {' '.join(DATASETS)}")
     p.add_argument("--data-root", required=True, type=Path, help="folder holding one sub-folder per dataset")
     p.add_argument("--index", help="also measure recall with this place-map index kind (fp16, pca256, ivfpq, hnsw...)")
-    p.add_argument("--ks", nargs="+", type=int, default=[1, 5, 10, 15, 20, 25],
-                   help="K values (default: 1 5 10 15 20 25)")
+    p.add_argument("--ks", nargs="+", type=integer(1, MAX_K), default=[1, 5, 10, 15, 20, 25],
+                   help=f"K values, each 1..{MAX_K} (default: 1 5 10 15 20 25)")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
                    help="descriptor cache folder, printed with its size after the run (resumable; default: "
                         "~/.cache/vpr_ros/descriptors)")

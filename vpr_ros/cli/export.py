@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vpr_ros.cli.arguments import MAX_BATCH, image_side, integer
 from vpr_ros.cli.common import LOG
 from vpr_ros.errors import ExportError
+from vpr_ros.types import MAX_IMAGE_SIDE
 
 
 def parse_batch(text: str) -> int | None:
@@ -14,12 +16,9 @@ def parse_batch(text: str) -> int | None:
     if text == "dynamic":
         return None
     try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected 'dynamic' or a positive integer, got {text!r}")
-    return value
+        return integer(1, MAX_BATCH)(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected 'dynamic' or an integer in 1..{MAX_BATCH}, got {text!r}") from None
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
@@ -54,9 +53,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", type=Path, help="SALAD/A²GC/MegaLoc/BoQ checkpoint (.ckpt/.pt/.pth/.safetensors)")
     p.add_argument("--config", type=Path,
                    help="JSON with options the checkpoint's shapes cannot tell (default: the .json next to it, if any)")
-    p.add_argument("--image-size", nargs=2, type=int, default=None, metavar=("H", "W"),
-                   help="the one input size of the file, multiples of 14 (default: the checkpoint's .json, else "
-                        "322 322)")
+    p.add_argument("--image-size", nargs=2, type=image_side, default=None, metavar=("H", "W"),
+                   help=f"the one input size of the file, multiples of 14 up to {MAX_IMAGE_SIDE} (default: the "
+                        "checkpoint's .json, else 322 322)")
     p.add_argument("--out", required=True, type=Path, help="the .onnx file to write")
     p.add_argument("--fp16", action="store_true", help="backbone in half precision (the aggregator stays fp32)")
     p.add_argument("--batch", type=parse_batch, default=None, metavar="dynamic|N",

@@ -9,6 +9,18 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from vpr_ros.cli.arguments import (
+    MAX_INDEX,
+    MAX_K,
+    MAX_SECONDS,
+    METRES,
+    SECONDS,
+    SIMILARITY,
+    STAMP,
+    integer,
+    number,
+    time_window,
+)
 from vpr_ros.cli.common import (
     LOG,
     MAP_SIZE,
@@ -19,6 +31,7 @@ from vpr_ros.cli.common import (
     retrieval_tiles,
 )
 from vpr_ros.errors import InputError
+from vpr_ros.io_files import output_path
 from vpr_ros.types import format_stamp
 
 if TYPE_CHECKING:
@@ -191,15 +204,16 @@ def cmd_query(args: argparse.Namespace) -> int:
     """
     from vpr_ros.maps.place_map import PlaceMap
 
-    if args.k < 1:
-        raise InputError(f"--k must be >= 1, got {args.k}")
     from_bag = bool(args.stamp or args.index)
     if from_bag != bool(args.topic) or (from_bag and not args.bag):
         raise InputError("frames of a bag are picked with all of --bag B --topic T and --stamp S or --index N")
     if not args.images and not from_bag:
         raise InputError("nothing to query: give image files, or --bag B --topic T with --stamp S or --index N")
     require_files(args.images)
-    require_files(args.bag or [], "bag")
+    require_files(args.bag or [], "bag", folders=True)
+    n_queries = len(args.images) + len(args.stamp or ()) + len(args.index or ())
+    for i in range(n_queries if args.montage else 0):  # a folder or a device is refused before the model loads
+        output_path(_montage_path(args.montage, i, n_queries))
     info = PlaceMap.info(args.map)  # falls back to <map>.bak like load(), so the size below is the map's
     picked = bag_queries(args.bag[0], args.topic, args.stamp or (), args.index or ()) if from_bag else []
     from vpr_ros.preprocess import load_image  # imports torch: after the cheap checks
@@ -237,27 +251,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     p.add_argument("--out", required=True, type=Path, help="place map folder to write")
     p.add_argument("--index", default="flat", help="index kind: flat fp16 pca<N> ivfpq pca<N>ivf hnsw (default flat)")
-    p.add_argument("--min-distance", type=float, default=0.0, metavar="M",
+    p.add_argument("--min-distance", type=METRES, default=0.0, metavar="M",
                    help="metres between keyframes (frames without a pose are not dropped by it)")
-    p.add_argument("--min-period", type=float, default=0.0, metavar="S", help="seconds between keyframes")
-    p.add_argument("--novelty", type=float, metavar="SIM",
+    p.add_argument("--min-period", type=SECONDS, default=0.0, metavar="S", help="seconds between keyframes")
+    p.add_argument("--novelty", type=SIMILARITY, metavar="SIM",
                    help="skip a frame whose cosine similarity to the last keyframe is above SIM (e.g. 0.9)")
-    p.add_argument("--start", type=float, metavar="S", help="seconds after the recording's first message")
-    p.add_argument("--end", type=float, metavar="S", help="seconds after the recording's first message")
-    p.add_argument("--max-pose-gap", type=float, default=0.5, metavar="S",
+    p.add_argument("--start", type=SECONDS, metavar="S", help="seconds after the recording's first message")
+    p.add_argument("--end", type=SECONDS, metavar="S", help="seconds after the recording's first message")
+    p.add_argument("--max-pose-gap", type=number(0, MAX_SECONDS, lo_open=True), default=0.5, metavar="S",
                    help="no pose is interpolated across pose samples further apart than this (default 0.5)")
     p.add_argument("--append", action="store_true", help="add to an existing map built by the same model")
+    p.add_check(time_window("--start", "--end"))
     p.set_defaults(func=cmd_build_map)
     p = sub.add_parser("map-info", help="what a place map holds: model, counts, time span, pose extent")
     p.add_argument("map", type=Path)
     p.set_defaults(func=cmd_map_info)
     p = sub.add_parser("calibrate", help="loop-closure threshold for a target false-positive rate, stored in the map")
     p.add_argument("map", type=Path)
-    p.add_argument("--target-fpr", type=float, default=0.01, metavar="RATE",
+    p.add_argument("--target-fpr", type=number(0, 1, lo_open=True, hi_open=True), default=0.01, metavar="RATE",
                    help="share of non-revisit queries allowed a candidate above the threshold (default 0.01)")
-    p.add_argument("--min-separation", type=float, default=60.0, metavar="S",
+    p.add_argument("--min-separation", type=SECONDS, default=60.0, metavar="S",
                    help="places at least this many seconds apart are non-revisits (default 60)")
-    p.add_argument("--min-distance", type=float, default=30.0, metavar="M",
+    p.add_argument("--min-distance", type=METRES, default=30.0, metavar="M",
                    help="... and, when both have poses, at least this many metres apart (default 30)")
     p.add_argument("--dry-run", action="store_true", help="print the threshold without storing it")
     p.set_defaults(func=cmd_calibrate)
@@ -267,7 +282,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("map", type=Path)
     p.add_argument("images", nargs="*", type=Path, help="query image files")
     add_model_args(p, MAP_SIZE)
-    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--k", type=integer(1, MAX_K), default=5, help=f"results per query, 1..{MAX_K} (default 5)")
     p.add_argument("--montage", type=Path, metavar="PNG",
                    help="write the query and its candidates (frames read back from the source bags); with "
                         "several queries one file per query: PNG's name with -0, -1, ... before the suffix")
@@ -275,9 +290,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="a bag to read frames from: query frames (the first --bag, with --topic) and the map's "
                         "own frames when a source bag has moved (matched by file name); repeatable")
     p.add_argument("--topic", help="image topic of the query frames in the first --bag")
-    p.add_argument("--stamp", type=float, nargs="+", metavar="S",
+    p.add_argument("--stamp", type=STAMP, nargs="+", metavar="S",
                    help="query with the frames whose header stamps are nearest these (seconds, e.g. 1700000002.9)")
-    p.add_argument("--index", type=int, nargs="+", metavar="N",
+    p.add_argument("--index", type=integer(0, MAX_INDEX), nargs="+", metavar="N",
                    help="query with these frames of --topic (0-based, in header-stamp order)")
     p.set_defaults(func=cmd_query)
 

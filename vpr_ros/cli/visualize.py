@@ -8,15 +8,20 @@ The plots themselves are library functions in :mod:`vpr_ros.plotting` (BoQ's que
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from vpr_ros.cli.arguments import MAX_INDEX, MAX_K, SIMILARITY, integer
 from vpr_ros.cli.common import CHECKPOINT_SIZE, MAP_SIZE, add_model_args, make_extractor, require_files, retrieval_tiles
 from vpr_ros.errors import InputError
+from vpr_ros.io_files import output_path
 from vpr_ros.loop_closure.verification import MIN_MATCH_SIMILARITY
 
 MATCH_SIDE = 640  # longest side of each image in a match plot (aspect ratio kept)
+MAX_MATCHES = 100_000  # more than the patches of two images at the largest input size
+MAX_PANELS = 64  # panels of one figure (channels, queries per block)
 
 
 def _patch_features(extractor, image) -> tuple[np.ndarray, np.ndarray, object]:
@@ -127,6 +132,17 @@ def cmd_recall(args) -> int:
     return 0
 
 
+def _checked_out(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """``func`` after ``--out`` is known to be writable (:func:`vpr_ros.io_files.output_path`), before the model
+    loads: a folder or a device is refused at once."""
+
+    def run(args: argparse.Namespace) -> int:
+        output_path(args.out)
+        return func(args)
+
+    return run
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``visualize {matches,assignment,attention,heatmap,retrieval,recall}``; ``recall`` needs no model."""
     vis = subparsers.add_parser("visualize", help="diagnostic plots (PNG)")
@@ -137,29 +153,32 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         if model:
             add_model_args(p, size)
         p.add_argument("--out", required=True, type=Path, help="output PNG")
-        p.set_defaults(func=func)
+        p.set_defaults(func=_checked_out(func))
         return p
 
     p = plot("matches", "mutual nearest-neighbour patch matches between two images", cmd_matches)
     p.add_argument("query", type=Path)
     p.add_argument("ref", type=Path)
-    p.add_argument("--top-k", type=int, default=200, help="keep the best K matches (default 200)")
-    p.add_argument("--threshold", type=float, default=MIN_MATCH_SIMILARITY,
+    p.add_argument("--top-k", type=integer(1, MAX_MATCHES), default=200,
+                   help=f"keep the best K matches, 1..{MAX_MATCHES} (default 200)")
+    p.add_argument("--threshold", type=SIMILARITY, default=MIN_MATCH_SIMILARITY,
                    help=f"minimum patch cosine similarity (default {MIN_MATCH_SIMILARITY}, as geometric verification)")
     p = plot("assignment", "aggregator cluster of each patch and the dustbin share", cmd_assignment)
     p.add_argument("image", type=Path)
     p = plot("attention", "BoQ: cross-attention of the learned queries over the patches", cmd_attention)
     p.add_argument("image", type=Path)
-    p.add_argument("--queries", type=int, default=5, help="most focused queries shown per block (default 5)")
+    p.add_argument("--queries", type=integer(1, MAX_PANELS), default=5,
+                   help=f"most focused queries shown per block, 1..{MAX_PANELS} (default 5)")
     p = plot("heatmap", "patch feature maps: mean, max, L2 norm, top-variance channels", cmd_heatmap)
     p.add_argument("image", type=Path)
-    p.add_argument("--channels", type=int, default=1, help="highest-variance channels to show (default 1: 2x2 grid)")
+    p.add_argument("--channels", type=integer(0, MAX_PANELS), default=1,
+                   help=f"highest-variance channels to show, 0..{MAX_PANELS} (default 1: 2x2 grid)")
     p = plot("retrieval", "query and its top-k places; tiles read back through each place's source (bag frame "
              "or image file)", cmd_retrieval, size=MAP_SIZE)
     p.add_argument("map", type=Path, help="place map folder")
     p.add_argument("query", type=Path)
-    p.add_argument("--k", type=int, default=5)
-    p.add_argument("--positives", type=int, nargs="*", metavar="ID",
+    p.add_argument("--k", type=integer(1, MAX_K), default=5, help=f"results, 1..{MAX_K} (default 5)")
+    p.add_argument("--positives", type=integer(0, MAX_INDEX), nargs="*", metavar="ID",
                    help="place ids that are correct for the query (green); others red")
     p.add_argument("--bag", action="append", type=Path, metavar="PATH",
                    help="where a source bag of the map is now, if it moved (matched by file name); repeatable")

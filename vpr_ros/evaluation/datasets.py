@@ -63,6 +63,7 @@ from pathlib import Path
 import numpy as np
 
 from vpr_ros.errors import DatasetError, InputError
+from vpr_ros.pickles import refusal
 
 DATASETS = ("pitts30k_test", "pitts30k_val", "pitts250k_test", "msls_val", "msls_challenge", "nordland", "sped", "sfxl")
 
@@ -192,10 +193,9 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> object:
         if (module, name) not in self._ALLOWED:
-            raise RefusedPickleError(
-                f"{self.path} holds Python objects other than numpy arrays ({module}.{name}) and was refused for "
-                "safety (object .npy files are pickles that could run code); re-save it as plain numpy arrays"
-            )
+            why = (f"holds Python objects other than numpy arrays ({module}.{name}; object .npy files are pickles "
+                   "that could run code)")
+            raise RefusedPickleError(refusal(self.path, why, "re-save it as plain numpy arrays"))
         return super().find_class(module, name)
 
 

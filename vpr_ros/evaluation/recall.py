@@ -35,6 +35,7 @@ import torch
 from tqdm import tqdm
 
 from vpr_ros.errors import InputError, ModelOutputError
+from vpr_ros.io_files import write_atomic
 from vpr_ros.preprocess import load_image, preprocess_exact
 
 if TYPE_CHECKING:
@@ -118,15 +119,6 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-
-
 def weights_digest(model: torch.nn.Module) -> str:
     """SHA-256 over a model's parameters and buffers (for models not loaded from a file)."""
     h = hashlib.sha256()
@@ -182,7 +174,7 @@ class DescriptorCache:
     def _write_index(self) -> None:
         data = {"format": CACHE_FORMAT, "key": self.key, "n_images": self.n_images,
                 "chunks": {str(i): sha for i, sha in sorted(self.chunks.items())}}
-        _atomic_write(self._index_path, json.dumps(data, indent=1).encode())
+        write_atomic(self._index_path, json.dumps(data, indent=1).encode())
 
     @property
     def n_chunks(self) -> int:
@@ -222,11 +214,10 @@ class DescriptorCache:
         if bad.size:  # a cached NaN would poison every later run of this model on these images
             rows = [self.chunk_range(i)[j] for j in bad[:5]]
             raise ModelOutputError(f"refusing to cache non-finite descriptors of images {rows} (chunk {i})")
-        self.dir.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
         np.save(buf, descriptors)
         data = buf.getvalue()
-        _atomic_write(self._chunk_path(i), data)
+        write_atomic(self._chunk_path(i), data)
         self.chunks[i] = _sha256(data)
         self._write_index()
 
@@ -368,9 +359,7 @@ def write_msls_predictions(path: Path, dataset: EvalDataset, predictions: np.nda
     lines = []
     for q_name, pred in zip(dataset.q_images, predictions, strict=True):
         lines.append(" ".join([Path(q_name).stem, *(db_keys[j] for j in pred if j >= 0)]))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, ("\n".join(lines) + "\n").encode())
+    write_atomic(path, ("\n".join(lines) + "\n").encode())
 
 
 # -- result tables ----------------------------------------------------------------------------------
@@ -412,7 +401,6 @@ def format_markdown(results: Sequence[EvalResult]) -> str:
 def write_results(results: Sequence[EvalResult], out_dir: Path, meta: dict[str, Any] | None = None) -> list[Path]:
     """Write ``results.csv`` (fractions), ``results.json`` and ``results.md`` (percent) into ``out_dir``."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     header, rows = _rows(results, percent=False)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -424,7 +412,7 @@ def write_results(results: Sequence[EvalResult], out_dir: Path, meta: dict[str, 
         "results.md": format_markdown(results),
     }
     for name, text in files.items():
-        _atomic_write(out_dir / name, text.encode())
+        write_atomic(out_dir / name, text.encode())
     return [out_dir / name for name in files]
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 import os
 import pickle
@@ -37,18 +38,24 @@ from typing import Any
 
 import torch
 
-from vpr_ros.errors import CheckpointError, MissingFileError
+from vpr_ros.errors import CheckpointError, InputError, MissingFileError
 from vpr_ros.models.a2gc import A2GCConfig
 from vpr_ros.models.boq import BoQConfig
 from vpr_ros.models.dinov2 import HEAD_DIM, PATCH_SIZE, DinoV2Config
 from vpr_ros.models.megaloc import MegaLocConfig
 from vpr_ros.models.salad import SaladConfig
 from vpr_ros.models.vpr_model import ModelConfig, VPRModel
+from vpr_ros.pickles import WEIGHTS_ONLY_PROTOCOLS, refusal, sniff
+from vpr_ros.preprocess import check_image_size
+from vpr_ros.types import MAX_IMAGE_SIDE
 
 StateDict = dict[str, torch.Tensor]
 Source = str | os.PathLike | Mapping[str, Any]
 
 ZIP_MAGIC = b"PK\x03\x04"
+PICKLE_HEAD = 1 << 16  # bytes of a pickle read to tell its protocol and first objects
+RESAVE = ("save only the state dict with torch.save (its default protocol) or as .safetensors, from code you "
+          "trust")
 BACKBONE_PREFIX = "backbone.model."
 AGG_PREFIX = "aggregator."
 # Backbone prefixes of the released files, in the order they are tried: ours / SALAD / A²GC,
@@ -77,20 +84,28 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[StateDict, str]:
     if size == 0:
         raise CheckpointError(f"{path} is empty (0 bytes): the download or copy did not finish")
     with path.open("rb") as f:
-        head = f.read(9)
-    if path.suffix == SAFETENSORS_SUFFIX or _looks_like_safetensors(head, size):
+        head = f.read(PICKLE_HEAD)
+    if path.suffix == SAFETENSORS_SUFFIX or _looks_like_safetensors(head[:9], size):
         return unwrap_state_dict(_read_safetensors(path, size), str(path)), file_sha256(path)
-    head = head[:8]
     is_zip = head[:4] == ZIP_MAGIC
-    if not is_zip and head[:1] != b"\x80":
-        raise CheckpointError(
-            f"{path} is not a PyTorch checkpoint (starts with {head!r}); expected a file written "
-            "by torch.save, e.g. dino_salad.ckpt, or a .safetensors file"
-        )
     if is_zip and not _zip_intact(path):
         raise CheckpointError(
             f"{path} is truncated or corrupt ({size:,} bytes, zip archive incomplete or failing its "
             "checksums); download or copy it again"
+        )
+    pickled = sniff(_zip_pickle_head(path) if is_zip else head)
+    if not is_zip and pickled is not None and not pickled.torch_magic:
+        objects = f"; it names {', '.join(pickled.names[:3])}," if pickled.names else ""
+        raise CheckpointError(refusal(path, f"is a plain Python pickle (protocol {pickled.protocol}), not a file "
+                                            f"written by torch.save{objects}", RESAVE))
+    if pickled is not None and pickled.protocol not in WEIGHTS_ONLY_PROTOCOLS:
+        raise CheckpointError(refusal(path, f"was written with pickle protocol {pickled.protocol}, which weights-only "
+                                            f"loading does not read (protocols {WEIGHTS_ONLY_PROTOCOLS[0]} and "
+                                            f"{WEIGHTS_ONLY_PROTOCOLS[-1]})", RESAVE))
+    if not is_zip and head[:1] != b"\x80":
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint (starts with {head[:8]!r}); expected a file written "
+            "by torch.save, e.g. dino_salad.ckpt, or a .safetensors file"
         )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
@@ -106,6 +121,19 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[StateDict, str]:
         detail = _first_line(exc) if isinstance(exc, RuntimeError) else f"{type(exc).__name__}: {_first_line(exc)}"
         raise CheckpointError(f"{path} is truncated or corrupt: {detail}") from exc
     return unwrap_state_dict(obj, str(path)), file_sha256(path)
+
+
+def _zip_pickle_head(path: Path) -> bytes:
+    """The first bytes of the pickle inside a torch.save zip archive (its ``data.pkl``)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            name = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
+            if name is None:
+                return b""
+            with zf.open(name) as f:
+                return f.read(PICKLE_HEAD)
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError):  # torch.load reports it
+        return b""
 
 
 def _looks_like_safetensors(head: bytes, size: int) -> bool:
@@ -285,10 +313,17 @@ def infer_backbone_config(sd: StateDict, prefix: str = BACKBONE_PREFIX, **overri
         )
     grid = math.isqrt(_shape(sd, prefix + "pos_embed")[1] - 1)
     ffn = "swiglu" if f"{prefix}blocks.0.mlp.w12.weight" in sd else "mlp"
-    heads = overrides.get("num_heads") or (width // HEAD_DIM if width % HEAD_DIM == 0 else 0)  # released: 64-d
-    if not heads or width % heads:
+    if "num_heads" in overrides:
+        heads = overrides["num_heads"]
+        if width % heads:
+            divisors = [d for d in range(1, width + 1) if width % d == 0 and width // d >= 8][-4:]
+            raise CheckpointError(f"num_heads {heads} in the model options does not divide the checkpoint's width "
+                                  f"{width}; use a divisor of {width} (e.g. {', '.join(map(str, divisors))})")
+    elif width % HEAD_DIM:
         raise CheckpointError(f"width {width} is not a multiple of DINOv2's head size {HEAD_DIM}; "
-                              "give num_heads in the config for other widths")
+                              "give num_heads in the model options (the checkpoint's .json) for other widths")
+    else:
+        heads = width // HEAD_DIM  # released models: 64-d heads
     cfg = DinoV2Config(embed_dim=width, depth=len(indices), num_heads=heads, ffn=ffn, img_size=grid * PATCH_SIZE,
                        mask_token=prefix + "mask_token" in sd)
     conflicts = [f"{k}: config {v} vs checkpoint {getattr(cfg, k)}" for k, v in overrides.items()
@@ -434,48 +469,156 @@ _AGG_RENAMES = {
 }
 _AGG_FIELDS = {f.name for cls in (A2GCConfig, SaladConfig, MegaLocConfig, BoQConfig) for f in dataclasses.fields(cls)}
 _A2GC_ONLY = {f.name for f in dataclasses.fields(A2GCConfig)} - {f.name for f in dataclasses.fields(SaladConfig)}
-_AGG_IGNORED = {"assignment_mode", "gumbel_tau", "hidden_width", "class"}
+_AGG_IGNORED = {"assignment_mode", "gumbel_tau", "hidden_width", "class", "sinkhorn_reg"}  # checked, not used
 _REFERENCE_KWARGS = {"dinov2_kwargs", "megaloc_kwargs", "boq_kwargs"}
+_BB_FIELDS = {f.name for f in dataclasses.fields(DinoV2Config)}
+_VIT_KEYS = ("embed_dim", "depth", "num_heads", "img_size")
 
 
-def parse_config(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+def parse_config(config: Mapping[str, Any], source: str = "model options") -> dict[str, dict[str, Any]]:
     """Read options from a reference ``config.json`` (SALAD, A²GC, MegaLoc or BoQ golden layout) or
-    from a plain ``{"backbone": {...}, "aggregator": {...}}`` / flat constructor-argument dict."""
-    bb: dict[str, Any] = {}
-    agg: dict[str, Any] = {}
+    from a plain ``{"backbone": {...}, "aggregator": {...}}`` / flat constructor-argument dict.
+
+    Every option used is checked for its type and range (:func:`check_option`), and so is a top-level
+    ``image_size``: a bad value is an InputError naming ``source`` (the file), the field and what
+    it accepts, before any model is built.
+    """
+    if not isinstance(config, Mapping):
+        raise InputError(f"{source} must be a JSON object of model options, got {_show(config)}")
+    bb: dict[str, tuple[str, Any]] = {}  # option -> (its field in the file, value)
+    agg: dict[str, tuple[str, Any]] = {}
+
+    def obj(parent: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
+        value = parent.get(key, {})
+        if not isinstance(value, Mapping):
+            raise InputError(f"{source}: field {where!r} is {_show(value)}, expected an object")
+        return value
+
+    def put(target: dict, mapping: Mapping[str, Any], where: str, keys: Any = None, rename: Any = None) -> None:
+        for k, v in mapping.items():
+            if keys is None or k in keys:
+                target[(rename or {}).get(k, k)] = (f"{where}.{k}" if where else str(k), v)
+
+    def vit(mapping: Mapping[str, Any], where: str) -> None:  # ViT constructor arguments
+        put(bb, mapping, where, (*_VIT_KEYS, "image_size"), {"image_size": "img_size"})
+        if "ffn_layer" in mapping:
+            bb["ffn"] = (f"{where}.ffn_layer", "swiglu" if "swiglu" in str(mapping["ffn_layer"]) else "mlp")
+
     if "aggregator" in config or "backbone" in config or "backbone_wrapper" in config:
-        a = config.get("aggregator", {})
-        agg.update(a.get("kwargs", a) if isinstance(a, Mapping) else {})
-        b = config.get("backbone", {})
-        b = b if isinstance(b, Mapping) else {}
-        bb.update(b.get("wrapper_kwargs", {}))
-        bb.update(config.get("backbone_wrapper", {}))
-        vit = b.get("vit_kwargs", config.get("vit_constructor", {}))
-        bb.update({k: vit[k] for k in ("embed_dim", "depth", "num_heads", "img_size") if k in vit})
-        if "ffn_layer" in vit:
-            bb["ffn"] = "swiglu" if "swiglu" in str(vit["ffn_layer"]) else "mlp"
-        bb.update({k: v for k, v in b.items() if k in {f.name for f in dataclasses.fields(DinoV2Config)}})
+        a = obj(config, "aggregator", "aggregator")
+        if "kwargs" in a:
+            put(agg, obj(a, "kwargs", "aggregator.kwargs"), "aggregator.kwargs")
+        else:
+            put(agg, a, "aggregator")
+        b = obj(config, "backbone", "backbone")
+        put(bb, obj(b, "wrapper_kwargs", "backbone.wrapper_kwargs"), "backbone.wrapper_kwargs")
+        put(bb, obj(config, "backbone_wrapper", "backbone_wrapper"), "backbone_wrapper")
+        if "vit_kwargs" in b:
+            vit(obj(b, "vit_kwargs", "backbone.vit_kwargs"), "backbone.vit_kwargs")
+        else:
+            vit(obj(config, "vit_constructor", "vit_constructor"), "vit_constructor")
+        put(bb, b, "backbone", _BB_FIELDS)
     elif _REFERENCE_KWARGS & config.keys():  # MegaLoc / BoQ golden: constructor arguments as given
-        vit = {("img_size" if k == "image_size" else k): v for k, v in config.get("dinov2_kwargs", {}).items()}
-        bb.update({k: vit[k] for k in ("embed_dim", "depth", "num_heads", "img_size") if k in vit})
-        if "ffn_layer" in vit:
-            bb["ffn"] = "swiglu" if "swiglu" in str(vit["ffn_layer"]) else "mlp"
-        agg.update(config.get("megaloc_kwargs") or config.get("boq_kwargs") or {})
+        vit(obj(config, "dinov2_kwargs", "dinov2_kwargs"), "dinov2_kwargs")
+        for key in ("megaloc_kwargs", "boq_kwargs"):
+            if obj(config, key, key):
+                put(agg, obj(config, key, key), key)
+                break
     else:
-        agg.update(config)
+        put(agg, {k: v for k, v in config.items() if k != "image_size"}, "")
     agg = {_AGG_RENAMES.get(k, k): v for k, v in agg.items()}
-    if agg.get("assignment_mode", "asymmetric_ot") != "asymmetric_ot":
-        raise CheckpointError(f"assignment_mode {agg['assignment_mode']!r} is not implemented (only asymmetric_ot)")
-    if agg.pop("sinkhorn_reg", 1.0) != 1.0 or agg.get("hidden_width", 512) != 512:
-        raise CheckpointError("only sinkhorn_reg 1.0 and hidden_width 512 (the released settings) are supported")
     unknown = set(agg) - _AGG_FIELDS - _AGG_IGNORED
     if unknown:
-        raise CheckpointError(f"unknown aggregator options {sorted(unknown)}; known: {sorted(_AGG_FIELDS)}")
-    agg = {k: v for k, v in agg.items() if k not in _AGG_IGNORED}
-    if agg.get("dropout") is None and "dropout" in agg:
-        agg["dropout"] = 0.0
-    bb_fields = {f.name for f in dataclasses.fields(DinoV2Config)}
-    return {"backbone": {k: v for k, v in bb.items() if k in bb_fields}, "aggregator": agg}
+        raise InputError(f"{source}: unknown aggregator options {sorted(unknown)}; known: {sorted(_AGG_FIELDS)}")
+    bb = {k: v for k, v in bb.items() if k in _BB_FIELDS}
+    for name, (where, value) in [*bb.items(), *agg.items()]:
+        check_option(name, value, where, source)
+    if "image_size" in config:
+        check_option("image_size", config["image_size"], "image_size", source)
+    agg_values = {k: v for k, (_, v) in agg.items() if k not in _AGG_IGNORED}
+    if agg_values.get("dropout", 0.0) is None:
+        agg_values["dropout"] = 0.0
+    return {"backbone": {k: v for k, (_, v) in bb.items()}, "aggregator": agg_values}
+
+
+# What each option accepts: (test, words). Sizes that the checkpoint's shapes also give are compared
+# with them later; these bounds only keep absurd values from reaching a constructor.
+_SIZE = (lambda v: _is_int(v) and 1 <= v <= 65536, "an integer in 1..65536")
+
+
+def _int(lo: int, hi: int) -> tuple[Any, str]:
+    return (lambda v: _is_int(v) and lo <= v <= hi), f"an integer in {lo}..{hi}"
+
+
+def _float(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> tuple[Any, str]:
+    def test(v: Any) -> bool:
+        return _is_number(v) and (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
+
+    return test, f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+
+
+def _one_of(*choices: Any) -> tuple[Any, str]:
+    return (lambda v: any(type(v) is type(c) and v == c for c in choices),
+            " or ".join(json.dumps(c) for c in choices))
+
+
+def _is_int(v: Any) -> bool:
+    return type(v) is int
+
+
+def _is_number(v: Any) -> bool:
+    return type(v) in (int, float) and math.isfinite(v)
+
+
+_BOOL = (lambda v: type(v) is bool, "true or false")
+_ITERATIONS = _int(1, 100)  # the releases use 3 to 5; each iteration is a pass over every patch and cluster
+OPTIONS: dict[str, tuple[Any, str]] = {
+    # backbone (DinoV2Config)
+    "embed_dim": _SIZE, "depth": _int(1, 256), "num_heads": _int(1, 1024), "ffn": _one_of("mlp", "swiglu"),
+    "img_size": _int(PATCH_SIZE, MAX_IMAGE_SIDE), "num_trainable_blocks": _int(0, 256), "norm_layer": _BOOL,
+    "mask_token": _BOOL, "train_embeddings": _BOOL,
+    # aggregators (SaladConfig, A2GCConfig, MegaLocConfig, BoQConfig)
+    **dict.fromkeys(("num_channels", "num_clusters", "cluster_dim", "token_dim", "hidden_dim", "mlp_dim", "feat_dim",
+                     "geo_dim", "proj_channels", "num_queries", "row_dim"), _SIZE),
+    "num_layers": _int(1, 64), "sinkhorn_iters": _ITERATIONS, "ot_iters": _ITERATIONS,
+    "dropout": ((lambda v: v is None or _float(0, 1, hi_open=True)[0](v)), "null or a number in [0, 1)"),
+    "ot_reg": _float(0, 1000, lo_open=True), "ot_temperature": _float(0, 1000, lo_open=True),
+    "geo_lambda": _float(0, 1000), "use_geometric_ot": _BOOL,
+    # reference settings this package reads but only has one implementation of
+    "assignment_mode": _one_of("asymmetric_ot"), "sinkhorn_reg": _one_of(1.0, 1), "hidden_width": _one_of(512),
+    "gumbel_tau": ((lambda v: v is None or _is_number(v)), "null or a number"),
+    "class": ((lambda v: isinstance(v, str)), "a class name"),
+    "image_size": ((lambda v: isinstance(v, list) and len(v) == 2 and all(_is_int(s) for s in v)),
+                   f"[H, W]: two integers, multiples of {PATCH_SIZE} in {PATCH_SIZE}..{MAX_IMAGE_SIDE}"),
+}
+
+
+def check_option(name: str, value: Any, where: str = "", source: str = "model options") -> None:
+    """Refuse a model option of the wrong type or out of its range (:data:`OPTIONS`) with an InputError
+    that names ``source``, the field ``where`` it was given and what is accepted."""
+    test, accepted = OPTIONS[name]
+    ok = bool(test(value))
+    if ok and name == "image_size":
+        try:
+            check_image_size(value)
+        except InputError:
+            ok = False
+    if not ok:
+        raise InputError(f"{source}: field {where or name!r} is {_show(value)}, expected {accepted}")
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """A JSON value in a message, short whatever its size or depth."""
+    if isinstance(value, (list, dict)):
+        kind = "an array" if isinstance(value, list) else "an object"
+        scalars = all(not isinstance(v, (list, dict)) for v in (value if isinstance(value, list) else value.values()))
+        if not (scalars and len(value) <= 8):
+            return f"{kind} of {len(value)} items"
+    try:
+        text = json.dumps(value, ensure_ascii=True)
+    except (TypeError, ValueError):
+        text = type(value).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # ---------------------------------------------------------------------------------------------

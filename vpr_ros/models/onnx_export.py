@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vpr_ros.errors import InputError
+from vpr_ros.io_files import output_path
 from vpr_ros.models.onnx_model import INPUT, OUTPUTS, OnnxInfo, OnnxModel
 from vpr_ros.models.vpr_model import VPRModel
 from vpr_ros.preprocess import check_image_size, preprocess_exact
@@ -92,6 +93,8 @@ def export_onnx(model: VPRModel, image_size: Sequence[int], out: str | os.PathLi
     out = Path(out)
     if out.suffix.lower() != ".onnx":
         raise InputError(f"the output file must end in .onnx, got {out}")
+    for target in (out, out.with_name(out.name + ".data")):  # a folder or a device is never replaced
+        output_path(target)
     if model.training or next(model.parameters()).dtype != torch.float32:
         raise InputError("export a float32 model in eval mode (as load_model returns it)")
     graph = ExportGraph(model, fp16)
@@ -120,6 +123,7 @@ def export_onnx(model: VPRModel, image_size: Sequence[int], out: str | os.PathLi
         data = tmp.with_name(tmp.name + ".data")
         if data.exists():
             _relink_external_data(tmp, data, out)
+        output_path(out)
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
