@@ -20,6 +20,7 @@ import os
 import shutil
 import sqlite3
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -467,6 +468,170 @@ def test_damaged_places_database(originals, tmp_path, kind):
     outcomes = run(orig, cases, tmp_path / "broken")
     assert outcomes["refused"] == len(cases), outcomes
     run(orig, benign, tmp_path / "benign")
+
+
+def rewrite_index(edit: Callable[[faiss.Index], Any]) -> Mutation:
+    """Edit the index as faiss reads it and write it back with the checksums updated: a hostile index that passes
+    every file check, so only the checks of its contents stand between it and a query."""
+    def rewrite(folder: Path) -> None:
+        index = faiss.read_index(str(folder / INDEX))
+        edited = edit(index)
+        faiss.write_index(edited if isinstance(edited, faiss.Index) else index, str(folder / INDEX))
+        resign(folder)
+    return rewrite
+
+
+def stored_vectors(index: faiss.Index) -> np.ndarray:
+    """The stored vectors of a flat, fp16 or HNSW place index as a writable [n, d] view."""
+    inner = faiss.downcast_index(index.index)
+    storage = faiss.downcast_index(inner.storage) if isinstance(inner, faiss.IndexHNSW) else inner
+    dtype = np.float16 if isinstance(storage, faiss.IndexScalarQuantizer) else np.float32
+    return faiss.rev_swig_ptr(storage.codes.data(), storage.codes.size()).view(dtype).reshape(index.ntotal, -1)
+
+
+def scaled(factor: float) -> Callable[[faiss.Index], Any]:
+    return lambda index: stored_vectors(index).__imul__(factor)
+
+
+def one_nan(index: faiss.Index) -> None:
+    stored_vectors(index)[-1, 3] = np.nan
+
+
+def plain_id_map(index: faiss.Index) -> faiss.Index:
+    """The same vectors and ids in an IndexIDMap, which can search but not reconstruct or remove."""
+    inner = faiss.clone_index(index.index)
+    vectors = inner.reconstruct_n(0, inner.ntotal)
+    inner.reset()
+    plain = faiss.IndexIDMap(inner)
+    plain.add_with_ids(vectors, faiss.vector_to_array(index.id_map))
+    return plain
+
+
+def hnsw_edit(field: str, value: int) -> Callable[[faiss.Index], Any]:
+    def edit(index: faiss.Index) -> None:
+        hnsw = faiss.downcast_index(index.index).hnsw
+        if field == "neighbors":
+            faiss.rev_swig_ptr(hnsw.neighbors.data(), hnsw.neighbors.size())[5] = value
+        else:
+            setattr(hnsw, field, value)
+    return edit
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_index_contents(originals, tmp_path, kind):
+    """A re-signed index whose vectors are x1000, contain a NaN or sit in another id-map class used to load, and a
+    random query was accepted as a loop closure with score 166. Every such index is refused now; so are HNSW links
+    that faiss would follow outside the graph."""
+    orig = originals[kind]
+    cases: dict[str, Mutation] = {
+        "vectors x1000": rewrite_index(scaled(1000.0)),
+        "vectors x0.5": rewrite_index(scaled(0.5)),
+        "vectors x1.05": rewrite_index(scaled(1.05)),
+        "a NaN in the last vector": rewrite_index(one_nan),
+        "an IndexIDMap instead of an IndexIDMap2": rewrite_index(plain_id_map),
+    }
+    if kind == "hnsw":
+        cases |= {"a link to node 1,000,000": rewrite_index(hnsw_edit("neighbors", 1_000_000)),
+                  "a link to node -5": rewrite_index(hnsw_edit("neighbors", -5)),
+                  "entry point 1,000,000": rewrite_index(hnsw_edit("entry_point", 1_000_000)),
+                  "entry point -1 in a graph of 31": rewrite_index(hnsw_edit("entry_point", -1)),
+                  "max level 7": rewrite_index(hnsw_edit("max_level", 7))}
+    outcomes = run(orig, cases, tmp_path)
+    assert outcomes["refused"] == len(cases), outcomes
+
+
+def test_ivf_index_contents(tmp_path):
+    """IVF-PQ codes are lossy, so a sample of them is decoded; codebooks and list ids are checked in full."""
+    rng = np.random.default_rng(SEED)
+    pm = PlaceMap.create(DIM, "ivfpq", MODEL)
+    pm.add(unit(rng.standard_normal((10_000, DIM))), [(T0 + i, 0) for i in range(10_000)])
+    assert pm.trained
+    pm.save(tmp_path / "ivf" / "m")
+    queries = unit(rng.standard_normal((8, DIM)))
+    orig = Original("ivfpq", tmp_path / "ivf" / "m", tmp_path / "ivf" / "m", snapshot(tmp_path / "ivf" / "m"), queries,
+                    answers(PlaceMap.load(tmp_path / "ivf" / "m"), queries))
+
+    def ivf(index: faiss.Index) -> faiss.IndexIVFPQ:
+        return faiss.downcast_index(faiss.extract_index_ivf(index))
+
+    def list_ids(index: faiss.Index) -> np.ndarray:
+        lists = faiss.downcast_InvertedLists(ivf(index).invlists)
+        first = next(i for i in range(lists.nlist) if lists.list_size(i))
+        return faiss.rev_swig_ptr(lists.get_ids(first), lists.list_size(first))
+
+    def centroids(index: faiss.Index) -> np.ndarray:
+        return faiss.rev_swig_ptr(ivf(index).pq.centroids.data(), ivf(index).pq.centroids.size())
+
+    cases = {
+        "PQ codebook x1000": rewrite_index(lambda index: centroids(index).__imul__(1000.0)),
+        "a NaN in the PQ codebook": rewrite_index(lambda index: centroids(index).__setitem__(7, np.nan)),
+        "a list id beyond the index": rewrite_index(lambda index: list_ids(index).__setitem__(0, 10**9)),
+        "a list id twice": rewrite_index(lambda index: list_ids(index).__setitem__(1, list_ids(index)[0])),
+    }
+    assert run(orig, cases, tmp_path / "cases")["refused"] == len(cases)
+    nprobe = rewrite_index(lambda index: setattr(ivf(index), "nprobe", 0))  # a setting, not data: reset
+    assert run(orig, {"nprobe 0": nprobe}, tmp_path / "settings")["same"] == 1
+
+
+@pytest.mark.parametrize("kind", ["flat"])
+def test_places_database_that_computes_rows(originals, tmp_path, kind):
+    """A places "table" that is a recursive view hung the load and filled the disk (1.1 GB in 20 s). Only real
+    tables are read, with SQLite's defensive settings and no more rows than the manifest lists: refused at once."""
+    orig = originals[kind]
+    columns = ("0 AS sec, 0 AS nanosec, 'x' AS frame_id, NULL AS px, NULL AS py, NULL AS pz, NULL AS qx, NULL AS qy, "
+               "NULL AS qz, NULL AS qw, NULL AS pose_frame, 'x' AS source, 0 AS removed, 0 AS hidden, '' AS camera")
+    endless = f"WITH RECURSIVE r(id) AS (SELECT 0 UNION ALL SELECT id + 1 FROM r) SELECT id, {columns} FROM r"
+    cases = {name: signed(sql(script)) for name, script in {
+        "places a recursive view": f"DROP TABLE places; CREATE VIEW places AS {endless}",
+        "local_features a recursive view": "DROP TABLE local_features; CREATE VIEW local_features AS WITH RECURSIVE "
+                                           "r(id) AS (SELECT 0 UNION ALL SELECT id + 1 FROM r) SELECT id, "
+                                           "randomblob(1000000) AS data FROM r",
+        "places a view of itself": "ALTER TABLE places RENAME TO p0; CREATE VIEW places AS SELECT * FROM p0",
+        "places a virtual table": "DROP TABLE places; CREATE VIRTUAL TABLE places USING fts5(id, sec, nanosec, "
+                                  "frame_id, px, py, pz, qx, qy, qz, qw, pose_frame, source, removed, hidden, camera)",
+        "a generated column of 100 MB blobs": "ALTER TABLE places ADD COLUMN g BLOB GENERATED ALWAYS AS "
+                                              "(zeroblob(100000000)) VIRTUAL",
+        "30 more places than listed": "INSERT INTO places SELECT id + 31, sec, nanosec, frame_id, px, py, pz, qx, "
+                                      "qy, qz, qw, pose_frame, source, removed, hidden, camera FROM places",
+    }.items()}
+    start = time.monotonic()
+    outcomes = run(orig, cases, tmp_path)
+    assert outcomes["refused"] == len(cases), outcomes
+    assert time.monotonic() - start < 10
+
+
+def test_sizes_are_checked_before_hashing(originals, tmp_path):
+    """A 20 GB sparse index was hashed for a minute before being refused. Its size is compared with the manifest
+    first, and a manifest re-signed to claim that size is refused by a bound from its own counts."""
+    orig = originals["flat"]
+    huge = 20 << 30
+
+    def grow(folder: Path) -> None:
+        os.truncate(folder / INDEX, huge)
+
+    def grow_and_claim(folder: Path) -> None:
+        grow(folder)
+        set_field("files", lambda m: {**m["files"], INDEX: {"bytes": huge, "sha256": "0" * 64}}, True)(folder)
+
+    start = time.monotonic()
+    outcomes = run(orig, {"index grown to 20 GB": grow, "index grown to 20 GB, manifest claims it": grow_and_claim},
+                   tmp_path)
+    assert outcomes["refused"] == 2 and time.monotonic() - start < 5
+
+
+def test_calibrate_on_a_hostile_index_is_one_clean_line(originals, tmp_path, capsys, caplog):
+    """vpr-ros calibrate on a re-signed index of bad vectors: exit 2, one error line, the map untouched."""
+    for i, edit in enumerate((scaled(1000.0), one_nan, plain_id_map)):
+        folder = tmp_path / str(i) / "m"
+        shutil.copytree(originals["flat"].path, folder)
+        rewrite_index(edit)(folder)
+        before = snapshot(folder)
+        TALLY["tried"] += 1
+        rc, out, errors = cli(["calibrate", str(folder)], capsys, caplog)
+        assert rc == 2 and not out and len(errors) == 1 and "index.faiss is damaged" in errors[0], (rc, out, errors)
+        assert snapshot(folder) == before
+        TALLY["handled"] += 1
+        TALLY["refused"] += 1
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -134,6 +134,27 @@ def test_damaged_bag_while_appending_keeps_what_was_added(tmp_path, photos, extr
     assert len(PlaceMap.load(tmp_path / "m")) == 8
 
 
+def test_absurd_odometry_is_counted_and_never_stored(tmp_path, photos, extractor) -> None:
+    """Odometry of +-1e308 was interpolated to inf, build-map --append saved it, and the next load refused the
+    whole map ("no finite pose"), earlier places included. Such samples are rejected and counted now."""
+    build_map([route_bag(tmp_path, photos, "first", n=3)], extractor, tmp_path / "m", image_topic=TOPIC,
+              pose_topic="/odom", progress=False)
+    poses = straight_poses(24)
+    for i in (4, 5, 9, 10):  # around frames 1 and 4: interpolating between these overflowed
+        stamp, _, quat = poses[i]
+        poses[i] = (stamp, ((-1) ** i * 1e308, 0.0, 0.0), quat)
+    frames = [(T0 + i * 100_000_000, photos[i % len(photos)]) for i in range(8)]
+    bag = write_bag(tmp_path / "hostile", frames, poses, receive_delay_ns=70_000_000)
+    summary = build_map([bag], extractor, tmp_path / "m", image_topic=TOPIC, pose_topic="/odom", append=True,
+                        progress=False)
+    assert (summary.kept, summary.pose_samples, summary.pose_rejected) == (8, 20, 4)
+    assert "(20 pose samples read, 4 rejected as not finite, out of range or without a fix)" in summary.format()
+    pm = PlaceMap.load(tmp_path / "m")
+    positions = pm.positions()[pm.ids()]
+    assert len(pm) == 11 and np.isfinite(positions[~np.isnan(positions[:, 0])]).all()
+    assert np.abs(np.nan_to_num(positions)).max() < 10
+
+
 def test_navsatfix_append_shares_the_enu_origin(tmp_path, photos, extractor) -> None:
     def gps_bag(name: str, lat: float) -> Path:
         fixes = [(T0 + i * 10**8, (lat + 0.0001 * i, 10.0, 0.0), (0, 0, 0, 1)) for i in range(4)]

@@ -90,7 +90,8 @@ class PoseBuffer:
             raise InputError(f"position must be 3 finite numbers, got {position!r}")
         if np.abs(pos).max() > MAX_POSITION_M:
             raise InputError(f"position {position!r} is more than {MAX_POSITION_M:g} m from the origin of its frame")
-        norm = float(np.linalg.norm(quat)) if quat.shape == (4,) else 0.0
+        with np.errstate(over="ignore"):  # components of 1e308 overflow to an inf norm: refused below
+            norm = float(np.linalg.norm(quat)) if quat.shape == (4,) else 0.0
         if not (math.isfinite(norm) and norm > 1e-9):
             raise InputError(f"orientation must be a non-zero finite quaternion (x, y, z, w), got {orientation!r}")
         sample = _Sample(pos, quat / norm, str(frame_id))

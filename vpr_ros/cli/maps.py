@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -118,21 +119,23 @@ def cmd_map_info(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Loop-closure threshold for a target false-positive rate from the map alone, stored in the map."""
     from vpr_ros.loop_closure.calibration import calibrate
+    from vpr_ros.maps.locking import lock_map
     from vpr_ros.maps.place_map import PlaceMap
 
-    pm = PlaceMap.load(args.map)
-    cal = calibrate(pm, args.target_fpr, min_separation_s=args.min_separation, min_distance_m=args.min_distance)
-    q = cal.quantiles
-    print(f"threshold    {cal.threshold:.4f} for a false-positive rate of {cal.target_fpr:g}")
-    print(f"from         {cal.negatives} non-revisit queries of {cal.places} places (>= {cal.min_separation_s:g} s "
-          f"and >= {cal.min_distance_m:g} m apart); best non-revisit score p50 {q['p50']:.4f}, p90 {q['p90']:.4f}, "
-          f"p99 {q['p99']:.4f}, max {q['max']:.4f}")
-    for warning in cal.warnings:
-        LOG.warning("%s", warning)
-    if args.dry_run:
-        return 0
-    pm.calibration = cal.to_json()
-    pm.save(args.map)
+    with contextlib.nullcontext() if args.dry_run else lock_map(args.map):  # one writer from loading to saving
+        pm = PlaceMap.load(args.map)
+        cal = calibrate(pm, args.target_fpr, min_separation_s=args.min_separation, min_distance_m=args.min_distance)
+        q = cal.quantiles
+        print(f"threshold    {cal.threshold:.4f} for a false-positive rate of {cal.target_fpr:g}")
+        print(f"from         {cal.negatives} non-revisit queries of {cal.places} places (>= {cal.min_separation_s:g} "
+              f"s and >= {cal.min_distance_m:g} m apart); best non-revisit score p50 {q['p50']:.4f}, p90 "
+              f"{q['p90']:.4f}, p99 {q['p99']:.4f}, max {q['max']:.4f}")
+        for warning in cal.warnings:
+            LOG.warning("%s", warning)
+        if args.dry_run:
+            return 0
+        pm.calibration = cal.to_json()
+        pm.save(args.map)
     print(f"stored in    {args.map} (the node uses it when its threshold parameter is not set)")
     return 0
 

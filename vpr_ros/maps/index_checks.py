@@ -37,7 +37,7 @@ def check_contents(index: faiss.Index, file: Path) -> None:
         return CorruptMapError(f"{file} is damaged: {why}; restore the map or rebuild it")
 
     if type(index) is not faiss.IndexIDMap2:
-        raise damaged(f"it is a {type(index).__name__}, a place index is an IndexIDMap2")
+        raise damaged(f"its top level is {type(index).__name__}, not the IndexIDMap2 of a place index")
     n = index.ntotal
     if index.id_map.size() != n:
         raise damaged(f"{index.id_map.size()} ids for {n} vectors")
