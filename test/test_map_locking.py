@@ -104,7 +104,7 @@ def test_the_lock_is_shared_through_links_and_reentrant_in_a_process(tmp_path):
     finally:
         holder.stdin.close()
         holder.wait(10)
-    outer = lock_map(real)
+    outer = PlaceMap.lock(real)  # as a slam node holds its map's lock for its whole run
     with lock_map(link):
         pm = PlaceMap.load(link)
         pm.add(np.eye(DIM, dtype=np.float32)[:1], [(T0 + 5, 0)])

@@ -39,7 +39,7 @@ from vpr_ros.errors import CorruptMapError, InputError, MapError, MapSaveError, 
 from vpr_ros.maps import storage
 from vpr_ros.maps.index_checks import NORM_TOLERANCE, check_contents
 from vpr_ros.maps.index_kinds import IndexKind, new_index, train_index
-from vpr_ros.maps.locking import lock_map
+from vpr_ros.maps.locking import MapLock, lock_map
 from vpr_ros.types import NS_PER_S, ModelIdentity, Pose, Stamp, Stamped, ns_to_pair, to_ns
 
 LOG = logging.getLogger(__name__)
@@ -478,6 +478,13 @@ class PlaceMap:
         _check_index(pm, info)
         check_contents(pm.index, path / INDEX_FILE)
         return pm
+
+    @staticmethod
+    def lock(path: str | os.PathLike) -> MapLock:
+        """The write lock of the map at ``path`` (:func:`vpr_ros.maps.locking.lock_map`), for a process that loads
+        a map (or starts a new one there) and saves it later: held until released or the process ends, and
+        MapLockedError, naming the holder, while another process holds it."""
+        return lock_map(path)
 
     @staticmethod
     def exists(path: str | os.PathLike) -> bool:
