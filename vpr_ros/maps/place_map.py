@@ -363,7 +363,8 @@ class PlaceMap:
             tmp.mkdir()
             try:
                 self._write(tmp)
-                self._swap(tmp, path)
+                with _SWAPPING:  # two threads of one process saving one path: one swap after the other
+                    self._swap(tmp, path)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
 
@@ -542,6 +543,7 @@ class PlaceMap:
         self.local_features = {pid: bytes(blob) for pid, blob in features}
 
 
+_SWAPPING = threading.Lock()
 _UNWRITTEN = {name: {"bytes": 0, "sha256": "0" * 64} for name in (INDEX_FILE, PLACES_FILE)}  # checked before writing
 SQLITE_STEPS_PER_PLACE = 200  # progress-handler calls (of 1000 VM steps) a read may take per place, plus a base
 
