@@ -7,6 +7,7 @@ Building a map from a damaged bag with ``--append`` never loses the map that was
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vpr_ros.bags.reader import check_bag, read_frames
+from vpr_ros.bags.reader import UNDECODABLE, ReadStats, check_bag, read_frames
 from vpr_ros.bags.writer import write_bag
 from vpr_ros.cli import main
 from vpr_ros.errors import BagError
@@ -104,3 +105,58 @@ def test_append_from_a_damaged_bag_keeps_the_map(tmp_path: Path) -> None:
         after = len(PlaceMap.load(out))  # always loadable, never fewer places
         assert after >= before
         before = after
+
+
+def _undecodable_frame_id(bag: Path, row: int) -> None:
+    """Make the ``row``-th image message's frame_id bytes that are no UTF-8 (sqlite3 storage: no checksums)."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(_data_file(bag))) as db, db:
+        rows = db.execute("SELECT m.id, m.data FROM messages m JOIN topics t ON t.id = m.topic_id "
+                          "WHERE t.name = ? ORDER BY m.timestamp", (TOPIC,)).fetchall()
+        msg_id, data = rows[row]
+        assert data.count(b"camera_frame_0001") == 1
+        db.execute("UPDATE messages SET data = ? WHERE id = ?",
+                   (data.replace(b"camera_frame_0001", b"\xff\xfe" + b"x" * 15), msg_id))
+
+
+def test_one_undecodable_frame_id_is_counted_and_skipped(tmp_path: Path, caplog) -> None:
+    """It used to refuse the whole bag as damaged: one message lost, the other 11 mapped."""
+    rng = np.random.default_rng(8)
+    images = [(T0 + i * 100_000_000, rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)) for i in range(12)]
+    bag = write_bag(tmp_path / "drive", images, storage="sqlite3", image_topic=TOPIC, image_format="jpeg",
+                    frame_id="camera_frame_0001")
+    _undecodable_frame_id(bag, 5)
+    stats = ReadStats()
+    frames = list(read_frames(bag, TOPIC, stats=stats))
+    assert len(frames) == 11 and stats.frames == 12 and stats.bad == {UNDECODABLE: 1}
+    assert T0 + 5 * 100_000_000 not in {f.stamp_ns for f in frames}
+    assert "undecodable /camera/image_raw message" in caplog.text
+    out = tmp_path / "map"
+    assert main(["build-map", "--bag", str(bag), "--image-topic", TOPIC, "--checkpoint", str(DEMO), "--device",
+                 "cpu", "--out", str(out)]) == 0
+    assert len(PlaceMap.load(out)) == 11
+
+
+@pytest.mark.parametrize(("make", "why"), [
+    (lambda p: p.mkdir(), "a folder without metadata.yaml"),
+    (lambda p: (p.mkdir(), (p / "notes.txt").write_text("x")), "a folder without metadata.yaml"),
+    (lambda p: p.with_suffix(".txt").write_text("x") and None, "no bag file name ends in '.txt'"),
+    (lambda p: p.with_suffix(".bag").write_text("<html>"), "it does not start like a ROS 1 bag"),
+    (lambda p: p.with_suffix(".mcap").write_bytes(b""), "the file is empty"),
+    (lambda p: p.with_suffix(".db3").write_bytes(b"PK\x03\x04" + bytes(100)), "it does not start like a SQLite"),
+])
+def test_what_is_no_bag_is_called_so(tmp_path: Path, make, why: str) -> None:
+    make(tmp_path / "x")
+    path = next(tmp_path.iterdir())
+    with pytest.raises(BagError, match="is not a bag") as info:
+        check_bag(path, TOPIC)
+    assert why in str(info.value) and "damaged or truncated" not in str(info.value)
+
+
+def test_a_bag_folder_without_metadata_points_at_its_data_file(tmp_path: Path) -> None:
+    bag = _write(tmp_path, "mcap", frames=2)
+    (bag / "metadata.yaml").unlink()
+    with pytest.raises(BagError, match=r"it holds drive\.mcap: pass that file"):
+        check_bag(bag, TOPIC)
+    assert check_bag(next(bag.glob("*.mcap")), TOPIC) == 2

@@ -528,3 +528,50 @@ def test_refused_global_is_recognised_in_every_torch_wording(message: str, name:
     from vpr_ros.models.loading import _refused_global
 
     assert _refused_global(message) == name
+
+
+# ---------------------------------------------------------------------------------------------
+# Pickles of every protocol: refused for safety, never called damaged, never run
+
+
+@pytest.mark.parametrize("protocol", range(6))
+def test_a_plain_pickle_of_any_protocol_is_refused_for_safety(tmp_path: Path, tiny_salad_path: Path,
+                                                              protocol: int) -> None:
+    """A state dict written with pickle.dump, not torch.save (protocol 4 was "Unsupported operand 149")."""
+    import pickle
+
+    marker = tmp_path / "marker.txt"
+    sd = torch.load(tiny_salad_path, weights_only=True)
+    path = _write(tmp_path / "plain.ckpt", pickle.dumps({"cb": _Trap(marker), "state_dict": sd}, protocol=protocol))
+    with pytest.raises(CheckpointError) as info:
+        load_model(path)
+    message = str(info.value)
+    assert f"is a plain Python pickle (protocol {protocol}), not a file written by torch.save" in message
+    assert "refused for safety" in message and "_leave_marker" in message and not CORRUPT.search(message)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [4, 5])
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_torch_save_with_a_newer_pickle_protocol_is_refused_for_safety(
+    tmp_path: Path, tiny_salad_path: Path, protocol: int, zip_format: bool
+) -> None:
+    sd = torch.load(tiny_salad_path, weights_only=True)
+    path = tmp_path / "proto.ckpt"
+    torch.save(sd, path, _use_new_zipfile_serialization=zip_format, pickle_protocol=protocol)
+    with pytest.raises(CheckpointError) as info:
+        load_model(path)
+    message = str(info.value)
+    assert f"was written with pickle protocol {protocol}, which weights-only loading does not read" in message
+    assert "refused for safety" in message and not CORRUPT.search(message)
+
+
+def test_random_bytes_are_never_taken_for_a_pickle() -> None:
+    from vpr_ros.pickles import sniff
+
+    rng = random.Random(5)
+    for _ in range(3000):
+        data = rng.randbytes(512)
+        assert sniff(data) is None and sniff(b"\x80" + data[1:]) is None
+    legacy = _save_bytes({"a": torch.zeros(2)}, _use_new_zipfile_serialization=False)
+    assert sniff(legacy).torch_magic and sniff(legacy).protocol == 2

@@ -42,6 +42,7 @@ from vpr_ros.bags.geodesy import enu_frame, geodetic_to_enu
 from vpr_ros.bags.poses import PoseBuffer, pose_from_msg
 from vpr_ros.errors import BadFrame, BagError, InputError, MissingFileError, VprError
 from vpr_ros.image_msgs import image_to_rgb, stamp_of
+from vpr_ros.io_files import file_kind
 from vpr_ros.types import Pose, Stamped, format_stamp, ns_to_seconds, to_ns
 
 LOG = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ _READ_ERRORS: tuple[type[BaseException], ...] = (
     *_APSW_ERRORS,
 )
 
+UNDECODABLE = "undecodable message"  # a bad-frame reason: the message itself does not deserialize
 REORDER_FRAMES = 16  # image messages held back to emit them in header.stamp order
 
 
@@ -128,6 +130,34 @@ def _describe_error(path: Path, exc: BaseException) -> str:
     return f"{path}: cannot read the bag, it is damaged or truncated ({type(exc).__name__}: {text})"
 
 
+# The first bytes of each storage's files: a file without them is no bag at all, not a damaged one.
+_MAGIC = {".bag": (b"#ROSBAG V2.0\n", "ROS 1 bag"), ".mcap": (b"\x89MCAP0\r\n", "MCAP file"),
+          ".db3": (b"SQLite format 3\x00", "SQLite database")}
+_BAG_KINDS = "a ROS 1 .bag file, a ROS 2 bag folder (with metadata.yaml) or an .mcap / .db3 file"
+
+
+def _not_a_bag(path: Path) -> str | None:
+    """Why ``path`` is no bag at all (a folder without metadata.yaml, a FIFO, another kind of file), or None."""
+    if path.is_dir():
+        if (path / "metadata.yaml").is_file():
+            return None
+        inside = sorted(p.name for p in path.iterdir() if p.suffix in (".mcap", ".db3"))[:3]
+        hint = f"; it holds {', '.join(inside)}: pass that file" if inside else ""
+        return f"a folder without metadata.yaml{hint} (expected {_BAG_KINDS})"
+    if not path.is_file():  # a FIFO would block the read forever
+        return f"it is {file_kind(path.stat().st_mode)} (expected {_BAG_KINDS})"
+    if path.suffix not in _MAGIC:
+        return f"no bag file name ends in {path.suffix or 'nothing'!r} (expected {_BAG_KINDS})"
+    magic, kind = _MAGIC[path.suffix]
+    with path.open("rb") as f:
+        head = f.read(len(magic))
+    if not head:
+        return "the file is empty (0 bytes)"
+    if head != magic:
+        return f"it does not start like a {kind} (first bytes {head!r})"
+    return None
+
+
 def open_bag(path: str | os.PathLike) -> AnyReader:
     """An open AnyReader for one bag (``.bag`` file, ROS 2 folder, ``.mcap`` or ``.db3`` file).
 
@@ -137,6 +167,8 @@ def open_bag(path: str | os.PathLike) -> AnyReader:
     path = Path(path)
     if not path.exists():
         raise MissingFileError(f"no bag at {path}")
+    if (why := _not_a_bag(path)) is not None:
+        raise BagError(f"{path} is not a bag: {why}")
     try:
         reader = AnyReader([path], default_typestore=typestore("ros1" if path.suffix == ".bag" else "mcap"))
         reader.open()
@@ -203,12 +235,25 @@ def recording_start(paths: Sequence[str | os.PathLike]) -> int:
     return min(starts)
 
 
-def _messages(reader: AnyReader, path: Path, conns: list, start: int | None = None,
-              stop: int | None = None) -> Iterator[tuple[int, Any]]:
-    """(receive ns, deserialized message) of ``conns``; a damaged bag raises BagError naming the file."""
+def _messages(reader: AnyReader, path: Path, conns: list, start: int | None = None, stop: int | None = None,
+              skipped: Callable[[], None] | None = None) -> Iterator[tuple[int, Any]]:
+    """(receive ns, deserialized message) of ``conns``; a damaged bag raises BagError naming the file.
+
+    With ``skipped``, one message that does not deserialize (a ``frame_id`` that is no UTF-8, a cut
+    field) is logged, reported to ``skipped`` and passed over: the rest of the bag is still read.
+    """
     try:
         for conn, received, raw in reader.messages(connections=conns, start=start, stop=stop):
-            yield received, reader.deserialize(raw, conn.msgtype)
+            try:
+                msg = reader.deserialize(raw, conn.msgtype)
+            except _READ_ERRORS as exc:
+                if skipped is None:
+                    raise
+                LOG.warning("%s: undecodable %s message received at %s skipped: %s", path, conn.topic,
+                            format_stamp(received), str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                skipped()
+                continue
+            yield received, msg
     except _READ_ERRORS as exc:
         raise BagError(_describe_error(path, exc)) from exc
 
@@ -228,7 +273,11 @@ def load_poses(
     """
     stats = stats if stats is not None else ReadStats()
     buffer = PoseBuffer(max_age_s=math.inf, max_gap_s=max_gap_s)
-    for _, msg in _messages(reader, path, _connections(reader, path, topic, POSE_MSGTYPES.values(), "pose")):
+    def rejected() -> None:
+        stats.pose_rejected += 1
+
+    conns = _connections(reader, path, topic, POSE_MSGTYPES.values(), "pose")
+    for _, msg in _messages(reader, path, conns, skipped=rejected):
         try:
             if hasattr(msg, "latitude"):
                 sample, enu_origin = _navsat_sample(msg, enu_origin)
@@ -323,7 +372,11 @@ def read_frames(
         lo = None if start is None else zero + int(start * 1e9)
         hi = None if end is None else zero + int(end * 1e9) + 1
         source = f"{path.resolve()}#{image_topic}"
-        for stamp, msg in _in_stamp_order(_messages(reader, path, conns, lo, hi), stats):
+        def undecodable() -> None:  # a frame read and counted bad, like a frame that does not convert
+            stats.frames += 1
+            stats.bad[UNDECODABLE] += 1
+
+        for stamp, msg in _in_stamp_order(_messages(reader, path, conns, lo, hi, undecodable), stats):
             frame = _decode(msg, stamp, poses, source, stats, path)
             if frame is not None:
                 yield frame
@@ -358,7 +411,7 @@ def frame_at(path: str | os.PathLike, image_topic: str, stamp: tuple[int, int],
     try:
         conns = _connections(reader, path, image_topic, IMAGE_MSGTYPES, "image")
         for lo, hi in ((target - window, target + window), (None, None)):
-            for _, msg in _messages(reader, path, conns, lo, hi):
+            for _, msg in _messages(reader, path, conns, lo, hi, skipped=lambda: None):
                 if _stamp_ns(msg) == target:
                     return image_to_rgb(msg)
     except BadFrame:

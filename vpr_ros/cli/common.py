@@ -70,6 +70,13 @@ def require_files(paths: Iterable[Path], what: str = "image", folders: bool = Fa
             raise InputError(f"{what} {path} is {file_kind(path.stat().st_mode)}, not {accepted}")
 
 
+def printable(text: object) -> str:
+    """``text`` safe to print as one line: lone surrogates (undecodable bytes), control characters
+    (newlines, terminal escapes) and other unprintable characters appear escaped (``\\udc80``, ``\\x1b``),
+    so a damaged or hostile string read from a map can neither crash the output nor rewrite it."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
+
+
 def yaw_degrees(orientation: Sequence[float]) -> float:
     """Heading about z of a quaternion (x, y, z, w), in degrees."""
     x, y, z, w = orientation

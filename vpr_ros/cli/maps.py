@@ -28,6 +28,7 @@ from vpr_ros.cli.common import (
     add_model_args,
     make_extractor,
     pose_text,
+    printable,
     require_files,
     retrieval_tiles,
 )
@@ -73,46 +74,49 @@ def cmd_map_info(args: argparse.Namespace) -> int:
 
     from vpr_ros.maps.place_map import FORMAT, PlaceMap
 
+    def show(line: str) -> None:  # a hostile or damaged string in the map (a lone surrogate, ESC) prints escaped
+        print(printable(line))
+
     info = PlaceMap.info(args.map)  # the one reader of manifests: falls back to <map>.bak like load()
     pm = PlaceMap.load(info.path)  # the folder info chose, so both describe the same map
     ids = pm.ids()
     model = info.model
-    print(f"map          {info.path}" + ("" if info.path == args.map else
+    show(f"map          {info.path}" + ("" if info.path == args.map else
                                          f" ({args.map} is missing after an interrupted save)"))
-    print(f"format       {FORMAT} v{info.version}")
-    print(f"places       {len(pm)} (next id {info.next_id})")
-    print(f"index        {pm.kind.name} ({'trained' if pm.trained else 'exact until trained'}), {pm.dim}-d descriptors")
+    show(f"format       {FORMAT} v{info.version}")
+    show(f"places       {len(pm)} (next id {info.next_id})")
+    show(f"index        {pm.kind.name} ({'trained' if pm.trained else 'exact until trained'}), {pm.dim}-d descriptors")
     if model is None:
-        print("model        unknown (map saved without a model identity)")
+        show("model        unknown (map saved without a model identity)")
     else:
-        print(f"model        {model.arch}, input {model.image_size[0]}x{model.image_size[1]}, "
+        show(f"model        {model.arch}, input {model.image_size[0]}x{model.image_size[1]}, "
               f"checkpoint sha256 {model.checkpoint_sha256 or 'unknown'}")
     if pm.calibration is not None:
         cal = pm.calibration
-        print(f"threshold    {cal['threshold']:.4f} (calibrated for a false-positive rate of {cal['target_fpr']:g})")
+        show(f"threshold    {cal['threshold']:.4f} (calibrated for a false-positive rate of {cal['target_fpr']:g})")
     if pm.enu_origin is not None:
-        print("enu origin   lat {:.9f}, lon {:.9f}, alt {:.3f}".format(*pm.enu_origin))
+        show("enu origin   lat {:.9f}, lon {:.9f}, alt {:.3f}".format(*pm.enu_origin))
     if len(ids) == 0:
         return 0
     stamps = pm.stamps()[ids]
     first, last = (datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds") for t in (stamps.min(),
                                                                                                  stamps.max()))
-    print(f"time span    {stamps.min():.3f} .. {stamps.max():.3f} s ({stamps.max() - stamps.min():.1f} s; "
+    show(f"time span    {stamps.min():.3f} .. {stamps.max():.3f} s ({stamps.max() - stamps.min():.1f} s; "
           f"{first} .. {last})")
     positions = pm.positions()[ids]
     has_pose = ~np.isnan(positions[:, 0])
     frames = Counter(pm.place(int(i)).pose.frame_id for i in ids[has_pose])
-    print(f"poses        {int(has_pose.sum())} of {len(ids)} places" +
+    show(f"poses        {int(has_pose.sum())} of {len(ids)} places" +
           (f" in {', '.join(f'{f} ({n})' for f, n in frames.items())}" if frames else ""))
     if has_pose.any():
         lo, hi = positions[has_pose].min(axis=0), positions[has_pose].max(axis=0)
-        print("extent       " + "  ".join(f"{a} [{lo[i]:.2f}, {hi[i]:.2f}]" for i, a in enumerate("xyz")))
+        show("extent       " + "  ".join(f"{a} [{lo[i]:.2f}, {hi[i]:.2f}]" for i, a in enumerate("xyz")))
     for source, n in Counter(pm.place(int(i)).source for i in ids).most_common():
-        print(f"source       {source or '(none)'}: {n} places")
+        show(f"source       {source or '(none)'}: {n} places")
     cameras = Counter(pm.place(int(i)).camera for i in ids)
     if set(cameras) != {""}:  # named cameras (a node with several)
         for camera, n in cameras.most_common():
-            print(f"camera       {camera or '(unnamed)'}: {n} places")
+            show(f"camera       {camera or '(unnamed)'}: {n} places")
     return 0
 
 

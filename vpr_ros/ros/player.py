@@ -28,12 +28,14 @@ from rclpy.executors import Executor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
-from vpr_ros.bags.reader import open_bag, typestore
+from vpr_ros.bags.reader import format_topics, list_topics, open_bag, typestore
+from vpr_ros.cli.arguments import number
 from vpr_ros.errors import BagError, VprError
 
 LOG = logging.getLogger(__name__)
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+MAX_RATE = 1000.0  # playback speed factors above this publish as fast as the machine can anyway
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
 
@@ -95,6 +97,9 @@ def load_bag(path: str | Path, topics: Sequence[str] | None = None) -> tuple[lis
         if skipped:
             LOG.warning("%s: not publishing %s (not a message package this player knows)", path, ", ".join(skipped))
         conns = [c for c in conns if playable(c.msgtype)]
+        if not conns:  # rosbags reads every connection when given none: nothing would have a publisher
+            raise BagError(f"{path}: nothing to play, no topic has a message type the player publishes; its topics:\n"
+                           f"{format_topics(list_topics(path))}")
         types = {c.topic: c.msgtype for c in conns}
         out = []
         for conn, t, raw in reader.messages(connections=conns):
@@ -166,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bag", type=Path)
-    parser.add_argument("--rate", type=float, default=1.0, help="playback speed factor (default 1)")
+    parser.add_argument("--rate", type=number(0, MAX_RATE, lo_open=True), default=1.0,
+                        help=f"playback speed factor, up to {MAX_RATE:g} (default 1)")
     parser.add_argument("--topics", nargs="*", help="topics to play (default: all)")
     parser.add_argument("--remap", action="append", type=parse_remap, default=[], metavar="FROM:=TO",
                         help="publish the bag's topic FROM on topic TO instead; repeatable")
