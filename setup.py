@@ -89,7 +89,7 @@ setup(
         # vpr-ros export-onnx and running .onnx models (onnxruntime-gpu / a Jetson build for CUDA, TensorRT)
         "onnx": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.2"],
         "test": ["pytest"],  # colcon test runs pytest when this extra names it
-        "dev": ["pytest", "ruff", "colcon-common-extensions", *ROS_INTERFACE_BUILD],
+        "dev": ["pytest", "hypothesis", "ruff", "colcon-common-extensions", *ROS_INTERFACE_BUILD],
     },
     entry_points={
         "console_scripts": [
