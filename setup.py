@@ -88,7 +88,7 @@ setup(
         "gpu": ["faiss-gpu-cu12"],
         # vpr-ros export-onnx and running .onnx models (onnxruntime-gpu / a Jetson build for CUDA, TensorRT)
         "onnx": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.2"],
-        "test": ["pytest"],  # colcon test runs pytest when this extra names it
+        "test": ["pytest", "hypothesis"],  # colcon test runs pytest when this extra names it
         "dev": ["pytest", "hypothesis", "ruff", "colcon-common-extensions", *ROS_INTERFACE_BUILD],
     },
     entry_points={
