@@ -13,7 +13,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 ROS_PACKAGES = {"rclpy", "rcl_interfaces", "sensor_msgs", "std_msgs", "geometry_msgs", "nav_msgs",
-                "visualization_msgs", "diagnostic_msgs", "std_srvs", "builtin_interfaces", "launch", "launch_ros"}
+                "visualization_msgs", "diagnostic_msgs", "std_srvs", "builtin_interfaces", "launch", "launch_ros",
+                "rtabmap_msgs"}
 EDGES = ("vpr_ros.ros", "vpr_ros.cli", "vpr_ros.synth", "vpr_ros.training")
 
 

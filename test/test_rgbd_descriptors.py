@@ -233,7 +233,7 @@ def test_missing_rtabmap_msgs_is_one_fatal_line() -> None:
 
 
 def test_parameters_are_the_localize_nodes() -> None:
-    assert set(SPECS) == {"checkpoint", "model_config", "image_size", "device", "precision", "reliable",
+    assert set(SPECS) == {"checkpoint", "model_config", "image_size", "device", "precision", "reliable", "frame_size",
                           "frame_timeout"}
     assert all(SPECS[name] is PARAMS[name] for name in SPECS)
 

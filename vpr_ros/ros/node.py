@@ -20,8 +20,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
-import sys
 import tempfile
 import threading
 import time
@@ -30,15 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import Point, PoseStamped, PoseWithCovarianceStamped
 from nav_msgs.msg import Odometry
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
-from rclpy.executors import ExternalShutdownException
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.node import Node
-from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, QoSProfile
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import ColorRGBA, Float64MultiArray, String
 from std_srvs.srv import Trigger
@@ -47,6 +42,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 from vpr_ros.bags.poses import pose_from_msg
 from vpr_ros.errors import MapSaveError, VprError
 from vpr_ros.extractor import DescriptorExtractor
+from vpr_ros.fast_path import DeviceFailure
 from vpr_ros.frame_slot import LatencyStats, LatestSlot
 from vpr_ros.health import HealthMonitor
 from vpr_ros.image_msgs import image_to_rgb, stamp_of
@@ -54,6 +50,7 @@ from vpr_ros.loop_closure.loop_pairs import PairPacer
 from vpr_ros.loop_closure.matches import MatchPrior, global_pose_prior
 from vpr_ros.loop_closure.recognizer import CameraFrame, Outcome, PlaceRecognizer
 from vpr_ros.maps.place_map import PlaceMap
+from vpr_ros.ros import node_shell
 from vpr_ros.ros import params as node_params
 from vpr_ros.ros.params import PARAMS, RUNTIME, Camera, check_choice, loop_closure_config
 from vpr_ros.ros.startup import StartupError, image_size_param, node_extractor
@@ -65,8 +62,7 @@ NODE_NAME = "vpr_localize"
 class LocalizeNode(Node):
     def __init__(self) -> None:
         super().__init__(NODE_NAME)
-        self._declare_parameters()
-        p = {name: self.get_parameter_or(name).value for name in PARAMS}
+        p = node_shell.declare_parameters(self, PARAMS)
         p["cameras"] = list(p["cameras"] or [])
         for name in PARAMS:
             if reason := check_choice(name, p[name]):
@@ -75,8 +71,12 @@ class LocalizeNode(Node):
         self.map_frame: str = p["map_frame"]
         self.base_frame: str = p["base_frame"]
         self.map_path = Path(p["map"]) if p["map"] else None
+        # one writer per map, held until the process ends (before the model loads: a second writer fails fast)
+        self.map_lock = PlaceMap.lock(self.map_path) if self.mode == "slam" and self.map_path else None
         self.cameras = self._camera_list(p)
         self.extractor = self._load_model(p)
+        self.describer = node_shell.Describer(self, self.extractor, node_params.frame_size(p["frame_size"]),
+                                              len(self.cameras))
         self.map = self._open_map(p, self.extractor.identity)
         self.calibrated = None if self.map.calibration is None else float(self.map.calibration["threshold"])
         config = loop_closure_config(p, self.mode, self.calibrated)
@@ -105,9 +105,7 @@ class LocalizeNode(Node):
         self.pub_markers = self.create_publisher(MarkerArray, "~/markers", latched)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
-        qos = qos_profile_sensor_data
-        if p["reliable"]:
-            qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+        qos = node_shell.camera_qos(p["reliable"])
         for cam in self.cameras:
             raw, compressed = topics[cam.name]
             self.create_subscription(Image, raw, lambda m, c=cam, t=raw: self._on_image(m, c, t), qos)
@@ -138,20 +136,6 @@ class LocalizeNode(Node):
 
     # -- setup ---------------------------------------------------------------------------------
 
-    def _declare_parameters(self) -> None:
-        for name, spec in PARAMS.items():
-            desc = ParameterDescriptor(description=spec.description, read_only=spec.read_only)
-            if spec.range and isinstance(spec.default, float):
-                desc.floating_point_range = [FloatingPointRange(from_value=float(spec.range[0]),
-                                                                to_value=float(spec.range[1]))]
-            elif spec.range:
-                desc.integer_range = [IntegerRange(from_value=int(spec.range[0]), to_value=int(spec.range[1]))]
-            if spec.choices:
-                desc.additional_constraints = "one of: " + ", ".join(spec.choices)
-            # an empty list has no element type for rclpy: declare it as a string array without a value
-            default = Parameter.Type.STRING_ARRAY if spec.default == [] else spec.default
-            self.declare_parameter(name, default, desc)
-
     def _camera_list(self, p: dict[str, Any]) -> list[Camera]:
         """The cameras: one on ``image_topic``, or the named ones of ``cameras`` with their own parameters
         (``<name>.image_topic``, ``<name>.camera_frame``, ``<name>.camera_pose``)."""
@@ -167,7 +151,7 @@ class LocalizeNode(Node):
                     spec = PARAMS[key]
                     default = f"{name}/image" if key == "image_topic" else spec.default
                     desc = ParameterDescriptor(description=f"camera {name}: {spec.description}", read_only=True)
-                    values[key] = self.declare_parameter(f"{name}.{key}", default, desc).value
+                    values[key] = node_shell.declare(self, f"{name}.{key}", default, desc, spec)
                 cameras.append(Camera(name, values["image_topic"], values["camera_frame"],
                                       node_params.camera_pose(f"{name}.camera_pose", values["camera_pose"])))
             return cameras
@@ -277,6 +261,8 @@ class LocalizeNode(Node):
     # -- the worker --------------------------------------------------------------------------------
 
     def _work(self) -> None:
+        if not self.describer.warm_up():
+            return
         while items := self.slot.take_all():
             frames, received = [], []
             for msg, when, topic, camera in items:  # each frame is gated and decoded on its own
@@ -291,6 +277,9 @@ class LocalizeNode(Node):
                 continue
             try:
                 self._process(frames, received)
+            except DeviceFailure:  # said by the describer, which shuts the node down
+                self._reject(len(frames))
+                return
             except VprError as exc:  # a non-finite descriptor: counted and dropped
                 self._reject(len(frames))
                 self.get_logger().warning(f"dropping {len(frames)} frame(s): {exc}", throttle_duration_sec=5.0)
@@ -312,7 +301,7 @@ class LocalizeNode(Node):
         return CameraFrame(image_to_rgb(msg), stamp_ns, camera.frame or msg.header.frame_id, topic, camera.name)
 
     def _process(self, frames: list[CameraFrame], received: list[float]) -> None:
-        outcomes = self.recognizer.process_batch(frames)
+        outcomes = self.describer.run(lambda: self.recognizer.process_batch(frames))
         with self._lock:
             self.batches += 1
         for outcome, when in zip(outcomes, received, strict=True):
@@ -422,15 +411,9 @@ class LocalizeNode(Node):
         values = {**counts, "latency p50 ms": f"{1000 * self.latency.percentile(50):.1f}",
                   "latency p95 ms": f"{1000 * self.latency.percentile(95):.1f}",
                   "model p50 ms": f"{1000 * self.model_time.percentile(50):.1f}", "map places": len(self.map)}
-        health = self.health.status()
-        message = f"{self.mode}, {len(self.map)} places" + (f"; {health.message}" if health.message else "")
-        status = DiagnosticStatus(
-            level=bytes([health.level]), name=f"{self.get_fully_qualified_name()}: pipeline",
-            message=message, hardware_id=str(self.extractor.device),
-            values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
-        msg = DiagnosticArray(status=[status])
-        msg.header.stamp = self.get_clock().now().to_msg()
-        self.pub_diag.publish(msg)
+        health = self.describer.health(self.health.status())
+        self.pub_diag.publish(node_shell.diagnostics(self, health, f"{self.mode}, {len(self.map)} places",
+                                                     str(self.extractor.device), {**values, **self.describer.values()}))
 
     # -- shutdown --------------------------------------------------------------------------------
 
@@ -440,11 +423,11 @@ class LocalizeNode(Node):
         self.slot.close()
         self._worker.join(timeout=30.0)
         if self.mode != "slam" or self.map_path is None:
-            return True
+            return self.describer.failure is None
         saved, message = self._save()
         if saved:
             self.get_logger().info(message)
-            return True
+            return self.describer.failure is None
         rescue = Path(tempfile.gettempdir()) / f"vpr_ros_rescue_{os.getpid()}_{self.map_path.name}"
         try:
             self.map.save(rescue)
@@ -456,39 +439,14 @@ class LocalizeNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    """Run the node until SIGINT / shutdown: 0 on a clean stop, 1 when it could not start or could
-    not save its map where asked."""
-    rclpy.init(args=args)
-    node: LocalizeNode | None = None
-    saved = True
-    try:
-        node = LocalizeNode()
-        rclpy.spin(node)
-    except (StartupError, VprError, FileNotFoundError, ValueError, OSError) as exc:
-        if node is not None:  # not bad configuration: a bug in a callback; keep its traceback
-            raise
-        rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
-        saved = False
-    except (KeyboardInterrupt, ExternalShutdownException):  # also while still starting
-        pass
-    finally:
-        if threading.current_thread() is threading.main_thread():  # a second SIGINT (launch forwards one
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # to the whole group) must not cut the final save short
-        if node is not None:
-            saved = node.close() and saved
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0 if saved else 1
+    """Run the node until SIGINT / shutdown: 0 on a clean stop, 1 when it could not start, could not
+    save its map where asked, or its device failed."""
+    return node_shell.main(NODE_NAME, LocalizeNode, args)
 
 
 def run() -> None:
-    """Console entry point. Once the node is closed (map saved, DDS left), the process ends at once:
-    the interpreter's own teardown of torch and the DDS libraries takes seconds, and ``ros2 launch``
-    escalates SIGINT to SIGTERM after 5 s."""
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    """Console entry point ``localize_node``."""
+    node_shell.exit_process(main())
 
 
 if __name__ == "__main__":

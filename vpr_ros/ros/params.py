@@ -49,6 +49,9 @@ PARAMS: dict[str, Spec] = {
                                     "published when the camera frame is this frame", True),
     "cameras": Spec([], "names of several cameras; each reads <name>.image_topic (default <name>/image), "
                         "<name>.camera_frame and <name>.camera_pose; empty: one camera on image_topic", True),
+    "frame_size": Spec([480, 640], "[H, W] of the camera frames, prepared at start (on a GPU one CUDA graph is "
+                                   "captured per frame size, so the first frame is not the slow one); [0, 0]: none",
+                       True),
     "frame_timeout": Spec(5.0, "seconds without a frame before /diagnostics warns", range=(0.1, 3600.0)),
     "device": Spec("auto", "auto (the CUDA GPU when present), cpu or cuda", True, choices=("auto", "cpu", "cuda")),
     "precision": Spec("fp32", "backbone precision: fp32 (exact), bf16 or fp16", True,
@@ -130,6 +133,14 @@ def camera_pose(name: str, values: list[float]) -> Pose | None:
     if tuple(v) == IDENTITY:
         return None
     return Pose(tuple(v[:3]), tuple(q / norm for q in v[3:]), "")
+
+
+def frame_size(values: list[int]) -> tuple[int, int]:
+    """The ``frame_size`` parameter: ``[H, W]`` of at least 16 pixels a side and at most 8192, or [0, 0]."""
+    size = tuple(int(v) for v in values)
+    if size != (0, 0) and (len(size) != 2 or not all(16 <= v <= 8192 for v in size)):
+        raise InputError(f"frame_size must be [H, W] between 16 and 8192 pixels, or [0, 0], got {list(values)}")
+    return size  # type: ignore[return-value]
 
 
 def check_camera_names(names: list[str]) -> None:

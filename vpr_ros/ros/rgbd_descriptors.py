@@ -31,19 +31,20 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.type_support import check_for_type_support
 
 from vpr_ros.errors import BadFrame, VprError
+from vpr_ros.fast_path import DeviceFailure
 from vpr_ros.frame_slot import LatencyStats, LatestSlot
 from vpr_ros.health import HealthMonitor
 from vpr_ros.image_msgs import image_to_rgb
 from vpr_ros.ros import node_shell
-from vpr_ros.ros.params import PARAMS, check_choice
+from vpr_ros.ros.params import PARAMS, check_choice, frame_size
 from vpr_ros.ros.startup import StartupError, image_size_param, node_extractor
 from vpr_ros.rtabmap_descriptors import DESCRIPTOR_TYPE, encode_descriptor
 
 NODE_NAME = "vpr_rgbd_descriptors"
 SPECS = {name: PARAMS[name] for name in ("checkpoint", "model_config", "image_size", "device", "precision",
-                                         "reliable", "frame_timeout")}
-# rgbd_sync's own output QoS, and what RTAB-Map's rgbd_image subscription asks for by default
-# (reliable: a best-effort publisher would never match it).
+                                         "reliable", "frame_size", "frame_timeout")}
+# rgbd_sync's own output QoS; reliable matches RTAB-Map's rgbd_image subscription whichever reliability
+# its `qos` parameter gives it (a best-effort publisher would never match a reliable subscription).
 OUTPUT_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
 
 
@@ -90,6 +91,7 @@ class RgbdDescriptorNode(Node):
                 raise StartupError(reason)
         self.extractor = node_extractor(p["checkpoint"], p["model_config"], image_size_param(p["image_size"]),
                                         p["device"], p["precision"])
+        self.describer = node_shell.Describer(self, self.extractor, frame_size(p["frame_size"]))
         self.slot: LatestSlot = LatestSlot()
         self.latency = LatencyStats()  # message received -> republished with its descriptor
         self.model_time = LatencyStats()
@@ -121,10 +123,15 @@ class RgbdDescriptorNode(Node):
         return SetParametersResult(successful=True)
 
     def _work(self) -> None:
+        if not self.describer.warm_up():
+            return
         while (item := self.slot.take()) is not None:
             msg, received = item
             try:
                 self._describe(msg)
+            except DeviceFailure:  # said by the describer, which shuts the node down
+                self._reject()
+                return
             except VprError as exc:  # a bad image or a non-finite descriptor
                 self._reject()
                 self.get_logger().warning(f"dropping a frame on {self.topic_in}: {exc}", throttle_duration_sec=5.0)
@@ -142,7 +149,7 @@ class RgbdDescriptorNode(Node):
     def _describe(self, msg: Any) -> None:
         rgb = image_to_rgb(colour_image(msg))
         start = time.perf_counter()
-        descriptor = self.extractor.describe([rgb])[0]
+        descriptor = self.describer.run(lambda: self.extractor.describe([rgb]))[0]
         self.model_time.add(time.perf_counter() - start)
         set_global_descriptor(msg, descriptor)
 
@@ -159,14 +166,15 @@ class RgbdDescriptorNode(Node):
                   "latency p50 ms": f"{1000 * self.latency.percentile(50):.1f}",
                   "latency p95 ms": f"{1000 * self.latency.percentile(95):.1f}",
                   "model p50 ms": f"{1000 * self.model_time.percentile(50):.1f}"}
-        self.pub_diag.publish(node_shell.diagnostics(self, self.health.status(), f"{self.topic_in} -> {self.topic_out}",
-                                                     str(self.extractor.device), values))
+        health = self.describer.health(self.health.status())
+        self.pub_diag.publish(node_shell.diagnostics(self, health, f"{self.topic_in} -> {self.topic_out}",
+                                                     str(self.extractor.device), {**values, **self.describer.values()}))
 
     def close(self) -> bool:
-        """Stop the worker (a frame it is describing is still published)."""
+        """Stop the worker (a frame it is describing is still published); False after a device failure."""
         self.slot.close()
         self._worker.join(timeout=30.0)
-        return True
+        return self.describer.failure is None
 
 
 def main(args: list[str] | None = None) -> int:

@@ -24,12 +24,11 @@ def image_size_param(values: Sequence[int]) -> tuple[int, int] | None:
 def node_extractor(checkpoint: str, model_config: str, image_size: tuple[int, int] | None, device: str,
                    precision: str, batch_size: int = 1) -> DescriptorExtractor:
     """The extractor a node runs: on a CUDA device each frame is one CUDA-graph replay of upload, resize,
-    model and download (``latency`` mode, docs/gpu.md); elsewhere the standard path. Warmed up once."""
+    model and download (``latency`` mode, docs/gpu.md); elsewhere the standard path. Not yet warmed up:
+    the node does that on its worker thread (:class:`vpr_ros.ros.node_shell.Describer`)."""
     if not checkpoint:
         raise StartupError("parameter 'checkpoint' is empty: set it to a checkpoint file (SALAD, A²GC, MegaLoc, "
                            "BoQ, or an exported .onnx)")
     gpu = not is_onnx_file(checkpoint) and resolve_device(device).type == "cuda"
-    extractor = load_extractor(checkpoint, model_config or None, image_size, device, precision,
-                               batch_size=batch_size, mode="latency" if gpu else "standard")
-    extractor.warmup(1)
-    return extractor
+    return load_extractor(checkpoint, model_config or None, image_size, device, precision,
+                          batch_size=batch_size, mode="latency" if gpu else "standard")
