@@ -15,14 +15,20 @@ ViT-B/14 SALAD (``dino_salad`` architecture, random weights, 322x322) unless a l
   (latency mode: compiled backbone in one manual CUDA graph; goal <= 1.5 ms).
 - ``frame_exact``, ``frame_fast``, ``frame_latency``: a 640x480 uint8 frame to a descriptor on the
   host (goal <= 2.0 ms in latency mode).
+- ``frame_stream``: the node's work without ROS, :class:`PlaceRecognizer` in slam mode on 300 640x480
+  frames (1 s apart, revisiting 12 photos) with the latency-mode extractor of ``latency`` (bf16, reused,
+  not compiled again), verification on, against a flat map seeded with 10,000 places: p50/p95/p99 per
+  frame (goal p99 < 2x p50) and its split into model, and search + verification + map upkeep.
 - ``train_step``: 240 images at 224x224, bf16 autocast, forward + backward + AdamW, and peak memory.
 - ``vitl_b128``, ``vitg_b128``: ViT-L/14 and ViT-g/14 SALAD, bf16 (attention ``auto``; compiled
   with ``--compile-large``).
 
-Usage: ``python bench/gpu.py [--json out.json] [--compile-large]`` on a CUDA machine (about two
-minutes on an H200, most of it compiling). Without a CUDA GPU it says so and exits with status 2;
-``--device cpu --quick`` is a smoke run of every section on a model of one ViT block (times mean
-nothing there). Every section runs even if one fails; the exit status is 1 when any failed.
+Usage: ``python bench/gpu.py [--json out.json] [--compile-large]`` on a CUDA machine: one command,
+meant to finish in a few minutes (most of it compiling; each extractor is compiled once and reused
+across sections). Without a CUDA GPU it says so and exits with status 2; ``--device cpu --quick`` is
+a smoke run of every section on a model of one ViT block (times mean nothing there). Every section
+runs even if one fails (its figure records the error), the JSON is rewritten after every section so
+a run cut short keeps what it measured, and the exit status is 1 when any section failed.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
@@ -56,14 +63,30 @@ class Settings:
     train_images: int
     large_batch: int
     compile_large: bool
+    stream_frames: int = 300
+    stream_places: int = 10_000
 
 
 class Report:
-    """Figures in the order measured; each printed as soon as it is known."""
+    """Figures in the order measured; each printed as soon as it is known, and the JSON (``header`` and
+    the figures so far) rewritten to ``path`` after every section."""
 
-    def __init__(self) -> None:
+    def __init__(self, header: dict[str, Any], path: Path | None) -> None:
+        self.header, self.path = header, path
         self.figures: dict[str, dict[str, Any]] = {}
         self.failed: list[str] = []
+        self.started = time.perf_counter()
+
+    def result(self) -> dict[str, Any]:
+        return _finite({**self.header, "seconds": round(time.perf_counter() - self.started, 1),
+                        "failed": self.failed, "figures": self.figures})
+
+    def save(self) -> None:
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text(json.dumps(self.result()) + "\n")
+            tmp.replace(self.path)
 
     def add(self, name: str, value: float, unit: str, goal: str = "", ok: bool | None = None, **extra: Any) -> None:
         self.figures[name] = {"value": value, "unit": unit, "goal": goal or None, "ok": ok, **extra}
@@ -82,6 +105,7 @@ class Report:
         finally:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+            self.save()
 
 
 def sync(device: torch.device) -> None:
@@ -195,8 +219,9 @@ def run(settings: Settings, report: Report) -> None:
                 report.add(f"sdpa_{name}", float("nan"), "img/s", unavailable=str(exc).splitlines()[0][:80])
 
     def throughput() -> None:
-        ext = DescriptorExtractor(model, s.size, dev, "bf16", batch_size=s.batch, mode="throughput",
-                                  compile=cuda)
+        # one compiled extractor for both figures: the resize only matters for images, not for forward()
+        ext = DescriptorExtractor(model, s.size, dev, "bf16", batch_size=s.batch, resize="fast",
+                                  mode="throughput", compile=cuda)
         t0 = time.perf_counter()
         desc, _ = ext.forward(x)
         sync(dev)
@@ -207,11 +232,9 @@ def run(settings: Settings, report: Report) -> None:
         report.add(f"b{s.batch}_throughput", rate, "img/s", ">= 5000, cos >= 0.9999",
                    rate >= 5000 and cos >= 0.9999 if cuda else None, cos_fp32=cos, compile_s=compile_s,
                    compiled=ext.compiled)
-        fast = DescriptorExtractor(model, s.size, dev, "bf16", batch_size=s.batch, resize="fast",
-                                   mode="throughput", compile=cuda)
         frames = [frame] * (4 * s.batch)
-        fast.describe(frames[: s.batch])  # compile outside the timing
-        sec = seconds(lambda: fast.describe(frames), dev, max(1, s.iters // 4), warmup=0)
+        ext.describe(frames[: s.batch])  # the first pipelined pass outside the timing
+        sec = seconds(lambda: ext.describe(frames), dev, max(1, s.iters // 4), warmup=0)
         report.add("pipeline_throughput", len(frames) / sec, "img/s", note="640x480 uint8 frames, extract()")
 
     def latency() -> None:
@@ -236,7 +259,7 @@ def run(settings: Settings, report: Report) -> None:
             report.add("b1_reduce_overhead_ms", ms, "ms")
         else:
             report.add("b1_reduce_overhead_ms", float("nan"), "ms", note="CUDA only")
-        lat = DescriptorExtractor(model, s.size, dev, "bf16", batch_size=1, mode="latency")
+        lat = state["latency"] = DescriptorExtractor(model, s.size, dev, "bf16", batch_size=1, mode="latency")
         t0 = time.perf_counter()
         lat.warmup(1, frame_size=frame.shape[:2])
         warm_s = time.perf_counter() - t0
@@ -251,6 +274,41 @@ def run(settings: Settings, report: Report) -> None:
         ref = torch.from_numpy(eager.describe([frame]))
         report.add("frame_latency_ms", ms, "ms", "<= 2.0", ms <= 2.0 if cuda else None,
                    cos_fast=cosine(torch.from_numpy(lat.describe([frame])), ref))
+
+    def frame_stream() -> None:
+        from vpr_ros.loop_closure.policy import LoopClosureConfig
+        from vpr_ros.loop_closure.recognizer import PlaceRecognizer
+        from vpr_ros.maps.place_map import PlaceMap
+
+        ext = state.get("latency") or DescriptorExtractor(model, s.size, dev, "bf16", batch_size=1, mode="latency")
+        photos = [cv2.resize(load_image(p), (640, 480), interpolation=cv2.INTER_AREA)
+                  for p in sorted(FRAME.parent.glob("*.jpg"))[:12]]
+        seed = s.stream_places
+        pm = PlaceMap.create(ext.descriptor_dim, model_id=ext.identity)
+        rand = np.random.default_rng(0).standard_normal((seed, ext.descriptor_dim)).astype(np.float32)
+        pm.add(rand / np.linalg.norm(rand, axis=1, keepdims=True), [(1, 0)] * seed)
+        config = LoopClosureConfig(threshold=0.5, exclude_seconds=5.0, exclude_last=0, verify=True)
+        rec = PlaceRecognizer(ext, pm, config, "slam")
+        total, model_ms, accepted = [], [], 0
+        for i in range(s.stream_frames):
+            stamp = (1000 + i) * 10**9
+            sync(dev)
+            t0 = time.perf_counter()
+            rec.wants(stamp)
+            out = rec.process(photos[i % len(photos)], stamp)
+            total.append(1000 * (time.perf_counter() - t0))
+            model_ms.append(1000 * out.model_seconds)
+            accepted += out.decision.accepted is not None
+        warm = min(len(total) // 10, 10)  # the first frames of each new shape, graph and map size
+        total, model_ms = np.array(total[warm:]), np.array(model_ms[warm:])
+        p50, p95, p99 = np.percentile(total, [50, 95, 99])
+        report.add("frame_stream_p50_ms", float(p50), "ms", p95_ms=float(p95), p99_ms=float(p99),
+                   frames=len(total), places=len(pm), loops_accepted=accepted)
+        report.add("frame_stream_p99_over_p50", float(p99 / p50), "x", "< 2", p99 < 2 * p50 if cuda else None)
+        rest = total - model_ms
+        report.add("frame_stream_model_p50_ms", float(np.median(model_ms)), "ms",
+                   rest_p50_ms=float(np.median(rest)), rest_p99_ms=float(np.percentile(rest, 99)),
+                   note="rest = keyframe gate, FAISS search, verification, map add")
 
     def train() -> None:
         from pytorch_metric_learning import distances, losses, miners
@@ -293,6 +351,7 @@ def run(settings: Settings, report: Report) -> None:
     report.section("sdpa", sdpa)
     report.section("throughput", throughput)
     report.section("latency", latency)
+    report.section("frame_stream", frame_stream)
     report.section("train_step", train)
     report.section("vitl", large("vitl", "dinov2_vitl14"))
     report.section("vitg", large("vitg", "dinov2_vitg14"))
@@ -324,24 +383,21 @@ def main() -> int:
         return 2
     quick = args.quick
     settings = Settings(device, quick, (224, 224) if quick else (322, 322), 4 if quick else 256, 2 if quick else 10,
-                        8 if quick else 240, 2 if quick else 128, args.compile_large)
+                        8 if quick else 240, 2 if quick else 128, args.compile_large,
+                        20 if quick else 300, 200 if quick else 10_000)
     from vpr_ros.extractor import device_label
 
     label = device_label(device)
     print(f"bench/gpu.py on {label}, torch {torch.__version__}, {settings.size[0]}x{settings.size[1]}, "
           f"batch {settings.batch}{' (quick smoke run)' if quick else ''}", flush=True)
-    report = Report()
-    t0 = time.perf_counter()
+    header = {"device": label, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "quick": quick,
+              "image_size": list(settings.size), "batch": settings.batch}
+    report = Report(header, args.json)
     run(settings, report)
-    total = time.perf_counter() - t0
-    print(f"total {total:.0f} s; failed sections: {', '.join(report.failed) or 'none'}", flush=True)
-    result = {"device": label, "torch": torch.__version__, "quick": quick, "image_size": list(settings.size),
-              "batch": settings.batch, "seconds": round(total, 1), "failed": report.failed, "figures": report.figures}
-    text = json.dumps(_finite(result))
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    result = report.result()
+    print(f"total {result['seconds']:.0f} s; failed sections: {', '.join(report.failed) or 'none'}", flush=True)
+    print(json.dumps(result))
+    report.save()
     return 1 if report.failed else 0
 
 
