@@ -73,7 +73,7 @@ def _parse(argv: list[str]) -> tuple[object, str]:
     (DESCRIBE + ["--image-size", "14", "999992"], "argument --image-size: expected a multiple of 14 in 14..2044"),
     (DESCRIBE + ["--image-size", "100", "112"], "100 is not a multiple of the patch size 14; use 98 or 112"),
     (DESCRIBE + ["--batch-size", "0"], "argument --batch-size: expected an integer in 1..4096"),
-    (DESCRIBE + ["--device", "gpu; rm -rf"], "argument --device: expected auto, cpu, cuda, cuda:N or mps"),
+    (DESCRIBE + ["--device", "gpu; rm -rf"], "argument --device: expected auto, cpu, cuda or cuda:N"),
     (EXPORT + ["--batch", "1e9"], "argument --batch: expected 'dynamic' or an integer in 1..4096"),
     (MATCHES + ["--top-k", "-1"], "argument --top-k: expected an integer in 1..100000"),
     (MATCHES + ["--threshold", "inf"], "argument --threshold: expected a finite number in [-1, 1]"),

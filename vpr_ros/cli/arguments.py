@@ -20,7 +20,7 @@ MAX_BATCH = 4096  # images per forward pass (also the largest dynamic batch of a
 MAX_SECONDS = 1e9  # about 30 years: any duration or offset longer than this is a typo
 MAX_METRES = 1e7  # a quarter of the earth's circumference
 MAX_INDEX = 2**62  # ids and frame indices: non-negative and within int64
-_DEVICE = re.compile(r"auto|cpu|cuda(:\d{1,3})?|mps")
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d{1,3})?")
 
 
 def integer(lo: int, hi: int) -> Callable[[str], int]:
@@ -73,9 +73,9 @@ def image_side(text: str) -> int:
 
 
 def device(text: str) -> str:
-    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``: refused at parse time instead of inside torch."""
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``: anything else is refused at parse time instead of inside torch."""
     if not _DEVICE.fullmatch(text):
-        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda, cuda:N or mps, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
     return text
 
 
