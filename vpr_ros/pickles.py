@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import pickle
 import pickletools
+import warnings
 from dataclasses import dataclass
 
 # torch.save's legacy (non-zip) format starts with this number pickled, then the data.
@@ -34,25 +35,27 @@ def sniff(head: bytes) -> PickleHead | None:
     """The pickle stream at the start of ``head``, or None when it is none (text, random bytes, a zip)."""
     protocol, ops, names, strings = 0, 0, [], []
     magic = declared = False
-    try:
-        for op, arg, _ in pickletools.genops(io.BytesIO(head)):
-            ops += 1
-            if op.name == "PROTO" and ops == 1:
-                protocol, declared = arg, True
-            elif not declared:
-                protocol = max(protocol, op.proto)
-            if op.name in ("LONG1", "LONG4") and arg == TORCH_MAGIC and ops <= 3:
-                magic = True
-            if isinstance(arg, str):
-                if op.name in ("GLOBAL", "INST"):
-                    names.append(arg.replace(" ", "."))
-                strings = [*strings[-1:], arg]
-            if op.name == "STACK_GLOBAL" and len(strings) == 2:
-                names.append(".".join(strings))
-            if op.name == "STOP" or ops >= 64:
-                break
-    except (ValueError, EOFError, UnicodeDecodeError, pickle.UnpicklingError):  # bad opcode, or head ends
-        pass
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # pickletools decoding a STRING of random escapes
+        try:
+            for op, arg, _ in pickletools.genops(io.BytesIO(head)):
+                ops += 1
+                if op.name == "PROTO" and ops == 1:
+                    protocol, declared = arg, True
+                elif not declared:
+                    protocol = max(protocol, op.proto)
+                if op.name in ("LONG1", "LONG4") and arg == TORCH_MAGIC and ops <= 3:
+                    magic = True
+                if isinstance(arg, str):
+                    if op.name in ("GLOBAL", "INST"):
+                        names.append(arg.replace(" ", "."))
+                    strings = [*strings[-1:], arg]
+                if op.name == "STACK_GLOBAL" and len(strings) == 2:
+                    names.append(".".join(strings))
+                if op.name == "STOP" or ops >= 64:
+                    break
+        except (ValueError, EOFError, UnicodeDecodeError, pickle.UnpicklingError):  # bad opcode, or head ends
+            pass
     if protocol > pickle.HIGHEST_PROTOCOL or not (magic or ops >= MIN_OPCODES):
         return None
     return PickleHead(protocol, magic, tuple(dict.fromkeys(names)))
