@@ -30,6 +30,9 @@ SCENES = REPO / "vpr_ros" / "synth" / "data" / "scenes"
 WEIGHTS = DATA / "state_dict.pth"
 CASES = ["x224", "x322"]
 ATOL = 1e-5  # the acceptance bound; measured errors are below 1e-7
+# Backbone features reach |x| ~ 10: float32 sums in another order (AVX-512 against AVX2 kernels) move them
+# by up to ~1e-6 relative, 1.1e-5 absolute, measured on an AVX-512 machine.
+FEATURES_RTOL = 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +66,7 @@ def test_intermediates_match_golden(model: VPRModel, golden: tuple[dict, dict], 
     with torch.no_grad():
         features, _ = model.forward_features(x)
         desc, maps = model.aggregator.forward_with_attention(ref["backbone_features"])  # in isolation
-    torch.testing.assert_close(features, ref["backbone_features"], rtol=0, atol=ATOL)
+    torch.testing.assert_close(features, ref["backbone_features"], rtol=FEATURES_RTOL, atol=ATOL)
     torch.testing.assert_close(desc, ref["descriptor"], rtol=0, atol=ATOL)
     assert len(maps) == len(ref["cross_attention"]) == 2
     for got, want in zip(maps, ref["cross_attention"], strict=True):
