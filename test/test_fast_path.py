@@ -55,7 +55,7 @@ def test_a_failed_capture_falls_back_once_and_frames_are_answered(photo) -> None
     guard = FastPathGuard(ext, reports.append)
     pm = PlaceMap.create(ext.descriptor_dim, model_id=ext.identity)
     rec = PlaceRecognizer(ext, pm, LoopClosureConfig(threshold=0.9, consistency_k=1, exclude_last=0), "slam")
-    outcomes = [guard.run(lambda t=t: rec.process_batch([CameraFrame(photo, t * 10**9)])) for t in (1, 2, 100)]
+    outcomes = [rec.process_batch([CameraFrame(photo, t * 10**9)], guard.run) for t in (1, 2, 100)]
     assert [len(o) for o in outcomes] == [1, 1, 1] and len(pm) == 3  # every frame answered and mapped
     assert outcomes[2][0].decision.accepted is not None  # the revisit still closes the loop
     assert reports == ["RuntimeError: capturing the latency path ('frames', (1, 480, 640, 3), False) in a CUDA "

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -27,7 +28,7 @@ import numpy as np
 
 from vpr_ros.bags.poses import PoseBuffer
 from vpr_ros.errors import InputError
-from vpr_ros.extractor import DescriptorExtractor
+from vpr_ros.extractor import DescriptorExtractor, Features
 from vpr_ros.loop_closure.matches import MatchPrior, match_prior, matches_record
 from vpr_ros.loop_closure.policy import Decision, LoopClosureConfig, LoopClosureDetector
 from vpr_ros.loop_closure.verification import compress_tokens
@@ -123,15 +124,21 @@ class PlaceRecognizer:
         """Describe one frame, decide, and in slam mode add it to the map (after querying)."""
         return self.process_batch([CameraFrame(rgb, stamp_ns, frame_id, source, camera)])[0]
 
-    def process_batch(self, frames: list[CameraFrame]) -> list[Outcome]:
+    def process_batch(self, frames: list[CameraFrame],
+                      run_model: Callable[[Callable[[], Features]], Features] | None = None) -> list[Outcome]:
         """Describe frames (one per camera, typically) in one batch; then per frame, in order: decide
         against the map, and in slam mode add it. All frames are queried before any is added, so
-        frames of one batch never match each other."""
+        frames of one batch never match each other. ``run_model`` runs the model call (a node passes
+        its GPU fast-path guard, which covers the model and nothing else)."""
         if not frames:
             return []
         verify = self.config.verify  # also decides whether slam keyframes keep their tokens
         started = time.monotonic()
-        feats = self.extractor.extract([f.rgb for f in frames], patch_tokens=verify)
+
+        def model() -> Features:
+            return self.extractor.extract([f.rgb for f in frames], patch_tokens=verify)
+
+        feats = run_model(model) if run_model else model()
         model_seconds = time.monotonic() - started
         outcomes, tokens = [], []
         for i, frame in enumerate(frames):

@@ -301,7 +301,7 @@ class LocalizeNode(Node):
         return CameraFrame(image_to_rgb(msg), stamp_ns, camera.frame or msg.header.frame_id, topic, camera.name)
 
     def _process(self, frames: list[CameraFrame], received: list[float]) -> None:
-        outcomes = self.describer.run(lambda: self.recognizer.process_batch(frames))
+        outcomes = self.recognizer.process_batch(frames, self.describer.run)
         with self._lock:
             self.batches += 1
         for outcome, when in zip(outcomes, received, strict=True):
