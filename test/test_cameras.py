@@ -1,6 +1,6 @@
 """Several cameras on one robot, without ROS: places remember their camera, frames of all cameras are
 described in one batch, each camera keeps its own consistency history, and a place one camera saw
-closes a loop for another. The ROS side (two publishers, one node) is in test_node_cameras.py."""
+closes a loop for another. The ROS side (two publishers, one node) is in test_slam_consumers.py."""
 
 from __future__ import annotations
 
