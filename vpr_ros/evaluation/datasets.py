@@ -8,23 +8,8 @@ Image paths in the metadata are relative to that folder. (The SALAD / gsv-cities
 ``.npy`` files in its own ``datasets/<Folder>/`` directory and the images elsewhere; copy the
 ``.npy`` files into the image folder. OpenVPRLab keeps them together, as here.)
 
-=================  ===================  ====================================================
-name               folder               files
-=================  ===================  ====================================================
-pitts30k_test      ``Pittsburgh/``      ``pitts30k_test_{dbImages,qImages,gt}.npy`` or
-                                        ``datasets/pitts30k_test.mat``; ``000/...`` images,
-                                        ``queries_real/000/...``
-pitts30k_val       ``Pittsburgh/``      same with ``pitts30k_val`` (the in-training validation set)
-pitts250k_test     ``Pittsburgh/``      same with ``pitts250k_test``
-msls_val           ``msls/``            ``msls_val_{dbImages,qImages,qIdx,pIdx}.npy``,
-                                        ``train_val/<city>/{database,query}/images/*.jpg``
-msls_challenge     ``msls/``            ``msls_test_{dbImages,qImages}.npy``,
-                                        ``test/<city>/{database,query}/images/*.jpg``
-nordland           ``Nordland/``        ``Nordland_{dbImages,qImages}.npy``, ``ref/``, ``query/``
-sped               ``SPED/``            ``SPED_{dbImages,qImages,gt}.npy``, ``ref/``, ``query/``
-sfxl               ``sf_xl/test/``      ``database/`` and ``queries/`` with
-                                        ``@utm_east@utm_north@...@.jpg`` file names
-=================  ===================  ====================================================
+Each dataset is one :class:`DatasetSpec` in :data:`DATASET_SPECS`: name, folder, reader, and the ``layout``
+tree (every file it reads) that a missing file shows.
 
 Where the names come from:
 
@@ -56,7 +41,7 @@ from __future__ import annotations
 import io
 import math
 import pickle
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,64 +50,8 @@ import numpy as np
 from vpr_ros.errors import DatasetError, InputError
 from vpr_ros.pickles import refusal
 
-DATASETS = ("pitts30k_test", "pitts30k_val", "pitts250k_test", "msls_val", "msls_challenge", "nordland", "sped", "sfxl")
-
 POS_DIST_THR = 25.0  # metres, Pittsburgh posDistThr and VPR-methods-evaluation default
 NORDLAND_STRIDE = 10  # references are sampled 10x denser than queries
-
-_FOLDERS = {
-    "pitts30k_test": "Pittsburgh",
-    "pitts30k_val": "Pittsburgh",
-    "pitts250k_test": "Pittsburgh",
-    "msls_val": "msls",
-    "msls_challenge": "msls",
-    "nordland": "Nordland",
-    "sped": "SPED",
-    "sfxl": "sf_xl/test",
-}
-
-_LAYOUTS = {
-    "pitts30k_test": """\
-<data_root>/Pittsburgh/
-├── pitts30k_test_dbImages.npy     # str paths, e.g. 000/000000_pitch1_yaw1.jpg
-├── pitts30k_test_qImages.npy      # str paths, e.g. queries_real/000/000000_pitch1_yaw1.jpg
-├── pitts30k_test_gt.npy           # object array: per query int64 db indices (25 m)
-├── datasets/pitts30k_test.mat     # alternative to the three .npy: NetVLAD dbStruct
-├── 000/ ... 010/                  # database images
-└── queries_real/000/ ...          # query images""",
-    "msls_val": """\
-<data_root>/msls/
-├── msls_val_dbImages.npy          # str paths, e.g. train_val/cph/database/images/<key>.jpg
-├── msls_val_qImages.npy           # str paths, e.g. train_val/cph/query/images/<key>.jpg
-├── msls_val_qIdx.npy              # int indices into qImages: the evaluated queries
-├── msls_val_pIdx.npy              # object array: per evaluated query int64 db indices
-└── train_val/{cph,sf}/{database,query}/images/*.jpg""",
-    "msls_challenge": """\
-<data_root>/msls/
-├── msls_test_dbImages.npy         # str paths, e.g. test/<city>/database/images/<key>.jpg
-├── msls_test_qImages.npy          # str paths, e.g. test/<city>/query/images/<key>.jpg
-└── test/<city>/{database,query}/images/*.jpg   # no ground truth (challenge server)""",
-    "nordland": """\
-<data_root>/Nordland/
-├── Nordland_dbImages.npy          # str paths ref/NNNNNNN.jpg (10x denser than queries)
-├── Nordland_qImages.npy           # str paths query/NNNNNNN.jpg
-├── ref/0000000.jpg ...
-└── query/0000000.jpg ...""",
-    "sped": """\
-<data_root>/SPED/
-├── SPED_dbImages.npy              # str paths ref/NNNNNNN.jpg
-├── SPED_qImages.npy               # str paths query/NNNNNNN.jpg
-├── SPED_gt.npy                    # int64 [N, 1]: gt[i] = [i]
-├── ref/0000000.jpg ...
-└── query/0000000.jpg ...""",
-    "sfxl": """\
-<data_root>/sf_xl/test/
-├── database/@<utm_east>@<utm_north>@...@.jpg   # any depth, sorted recursive glob
-├── queries/@<utm_east>@<utm_north>@...@.jpg
-└── (optional) database_images_paths.txt, queries_images_paths.txt""",
-}
-_LAYOUTS["pitts250k_test"] = _LAYOUTS["pitts30k_test"].replace("pitts30k", "pitts250k")
-_LAYOUTS["pitts30k_val"] = _LAYOUTS["pitts30k_test"].replace("pitts30k_test", "pitts30k_val")
 
 
 class MissingFilesError(DatasetError):
@@ -139,7 +68,7 @@ class MissingFilesError(DatasetError):
             lines.append(f"  ... and {more} more")
         if note:
             lines.append(note)
-        lines += ["expected layout:", _LAYOUTS[name]]
+        lines += ["expected layout:", DATASET_SPECS[name].layout]
         super().__init__("\n".join(lines))
 
 
@@ -160,6 +89,19 @@ class EvalDataset:
     def q_paths(self) -> list[Path]:
         """Absolute paths of the queries, in file order."""
         return [self.root / p for p in self.q_images]
+
+
+Loaded = tuple["EvalDataset", Sequence[Path | str]]  # as read, and the files of its references, queries, positives
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One benchmark: its folder under the data root, the tree a missing file shows, and its reader."""
+
+    name: str
+    folder: str
+    layout: str
+    reader: Callable[[str, Path, int], Loaded]  # (name, folder, nordland_window); load_dataset checks the result
 
 
 # --------------------------------------------------------------------------- helpers
@@ -341,14 +283,13 @@ def _check_name(name: str) -> None:
         raise InputError(f"unknown dataset {name!r}; expected one of: {', '.join(DATASETS)}")
 
 
-# --------------------------------------------------------------------------- loading
+# --------------------------------------------------------------------------- readers
 
 
-def pittsburgh_from_mat(name: str, data_root: Path) -> EvalDataset:
-    """Pittsburgh test set from the NetVLAD ``datasets/<name>.mat`` dbStruct (radius search on UTM)."""
+def _read_mat(name: str, root: Path) -> Loaded:
+    """Pittsburgh from the NetVLAD ``datasets/<name>.mat`` dbStruct (radius search on UTM)."""
     from scipy.io import loadmat
 
-    root = Path(data_root) / _FOLDERS[name]
     mat_rel = f"datasets/{name}.mat"
     _require(name, root, [mat_rel])
     try:
@@ -369,8 +310,7 @@ def pittsburgh_from_mat(name: str, data_root: Path) -> EvalDataset:
         )
     except (*_DAMAGED, NotImplementedError) as exc:  # scipy: bad header, missing field, wrong shapes
         raise DatasetError(f"{root / mat_rel} is not a readable NetVLAD dbStruct ({_first_line(exc)})") from exc
-    check_contents(ds, [root / mat_rel, root / mat_rel, f"the UTM coordinates in {root / mat_rel}"])
-    return _check_images(ds)
+    return ds, [root / mat_rel, root / mat_rel, f"the UTM coordinates in {root / mat_rel}"]
 
 
 def _list_folder(root: Path, folder: str) -> list[str]:
@@ -381,11 +321,124 @@ def _list_folder(root: Path, folder: str) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in (root / folder).rglob("*.jpg"))
 
 
-def _lists_and_gt(name: str, root: Path, files: list[str]) -> EvalDataset:
+def _str_lists(name: str, root: Path, files: Sequence[str]) -> list[list[str]]:
+    _require(name, root, files)
+    return [_str_list(_load_npy(root / f), root / f) for f in files]
+
+
+def _lists_and_gt(name: str, root: Path, files: list[str], note: str = "") -> Loaded:
     """The common layout: reference list, query list, ground-truth array (in that order)."""
+    _require(name, root, files, note)
     db, q, gt = (_load_npy(root / f) for f in files)
-    return EvalDataset(name, root, _str_list(db, root / files[0]), _str_list(q, root / files[1]),
-                       _positives_list(gt, root / files[2]))
+    return (EvalDataset(name, root, _str_list(db, root / files[0]), _str_list(q, root / files[1]),
+                        _positives_list(gt, root / files[2])), [root / f for f in files])
+
+
+def _read_pitts(name: str, root: Path, _window: int) -> Loaded:
+    files = [f"{name}_dbImages.npy", f"{name}_qImages.npy", f"{name}_gt.npy"]
+    if not all((root / f).is_file() for f in files) and (root / f"datasets/{name}.mat").is_file():
+        return _read_mat(name, root)
+    return _lists_and_gt(name, root, files, f"(or provide datasets/{name}.mat instead of the three .npy files)")
+
+
+def _read_msls_val(name: str, root: Path, _window: int) -> Loaded:
+    files = ["msls_val_dbImages.npy", "msls_val_qImages.npy", "msls_val_qIdx.npy", "msls_val_pIdx.npy"]
+    _require(name, root, files)
+    q_all = _str_list(_load_npy(root / files[1]), root / files[1])
+    q_idx = _as_indices(_load_npy(root / files[2]))
+    if q_idx is None or ((q_idx < 0) | (q_idx >= len(q_all))).any():
+        raise DatasetError(f"dataset {name!r}: {root / files[2]} must hold indices into the "
+                           f"{len(q_all)} entries of {files[1]} (0..{len(q_all) - 1})")
+    db = _str_list(_load_npy(root / files[0]), root / files[0])
+    ds = EvalDataset(name, root, db, [q_all[i] for i in q_idx],
+                     _positives_list(_load_npy(root / files[3]), root / files[3]))
+    return ds, [root / files[0], root / files[2], root / files[3]]
+
+
+def _read_msls_challenge(name: str, root: Path, _window: int) -> Loaded:
+    files = ["msls_test_dbImages.npy", "msls_test_qImages.npy"]
+    db, q = _str_lists(name, root, files)
+    return EvalDataset(name, root, db, q, None), [root / f for f in files] + ["(no ground truth)"]
+
+
+def _read_nordland(name: str, root: Path, window: int) -> Loaded:
+    files = ["Nordland_dbImages.npy", "Nordland_qImages.npy"]
+    db, q = _str_lists(name, root, files)
+    ds = EvalDataset(name, root, db, q, nordland_positives(len(db), len(q), window))
+    return ds, [root / f for f in files] + ["the Nordland frame window"]
+
+
+def _read_sped(name: str, root: Path, _window: int) -> Loaded:
+    return _lists_and_gt(name, root, ["SPED_dbImages.npy", "SPED_qImages.npy", "SPED_gt.npy"])
+
+
+def _read_sfxl(name: str, root: Path, _window: int) -> Loaded:
+    missing = [root / f for f in ("database", "queries") if not (root / f).is_dir()]
+    if missing:
+        raise MissingFilesError(name, missing)
+    db, q = _list_folder(root, "database"), _list_folder(root, "queries")
+    empty = [root / f for f, lst in (("database", db), ("queries", q)) if not lst]
+    if empty:
+        raise MissingFilesError(name, [f"{p}/*.jpg" for p in empty], "(folder has no .jpg images)")
+    db_utm, q_utm = (np.array([_utm_from_name(p) for p in names]) for names in (db, q))
+    ds = EvalDataset(name, root, db, q, radius_positives(db_utm, q_utm, POS_DIST_THR))
+    return ds, [root / "database", root / "queries", f"the UTM coordinates in the file names ({POS_DIST_THR:g} m)"]
+
+
+_PITTS_LAYOUT = """\
+<data_root>/Pittsburgh/
+├── {name}_dbImages.npy     # str paths, e.g. 000/000000_pitch1_yaw1.jpg
+├── {name}_qImages.npy      # str paths, e.g. queries_real/000/000000_pitch1_yaw1.jpg
+├── {name}_gt.npy           # object array: per query int64 db indices (25 m)
+├── datasets/{name}.mat     # alternative to the three .npy: NetVLAD dbStruct
+├── 000/ ... 010/                  # database images
+└── queries_real/000/ ...          # query images"""
+
+DATASET_SPECS: dict[str, DatasetSpec] = {s.name: s for s in (
+    *(DatasetSpec(n, "Pittsburgh", _PITTS_LAYOUT.format(name=n), _read_pitts)
+      for n in ("pitts30k_test", "pitts30k_val", "pitts250k_test")),  # pitts30k_val: the in-training validation set
+    DatasetSpec("msls_val", "msls", """\
+<data_root>/msls/
+├── msls_val_dbImages.npy          # str paths, e.g. train_val/cph/database/images/<key>.jpg
+├── msls_val_qImages.npy           # str paths, e.g. train_val/cph/query/images/<key>.jpg
+├── msls_val_qIdx.npy              # int indices into qImages: the evaluated queries
+├── msls_val_pIdx.npy              # object array: per evaluated query int64 db indices
+└── train_val/{cph,sf}/{database,query}/images/*.jpg""", _read_msls_val),
+    DatasetSpec("msls_challenge", "msls", """\
+<data_root>/msls/
+├── msls_test_dbImages.npy         # str paths, e.g. test/<city>/database/images/<key>.jpg
+├── msls_test_qImages.npy          # str paths, e.g. test/<city>/query/images/<key>.jpg
+└── test/<city>/{database,query}/images/*.jpg   # no ground truth (challenge server)""", _read_msls_challenge),
+    DatasetSpec("nordland", "Nordland", """\
+<data_root>/Nordland/
+├── Nordland_dbImages.npy          # str paths ref/NNNNNNN.jpg (10x denser than queries)
+├── Nordland_qImages.npy           # str paths query/NNNNNNN.jpg
+├── ref/0000000.jpg ...
+└── query/0000000.jpg ...""", _read_nordland),
+    DatasetSpec("sped", "SPED", """\
+<data_root>/SPED/
+├── SPED_dbImages.npy              # str paths ref/NNNNNNN.jpg
+├── SPED_qImages.npy               # str paths query/NNNNNNN.jpg
+├── SPED_gt.npy                    # int64 [N, 1]: gt[i] = [i]
+├── ref/0000000.jpg ...
+└── query/0000000.jpg ...""", _read_sped),
+    DatasetSpec("sfxl", "sf_xl/test", """\
+<data_root>/sf_xl/test/
+├── database/@<utm_east>@<utm_north>@...@.jpg   # any depth, sorted recursive glob
+├── queries/@<utm_east>@<utm_north>@...@.jpg
+└── (optional) database_images_paths.txt, queries_images_paths.txt""", _read_sfxl),
+)}
+DATASETS = tuple(DATASET_SPECS)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def pittsburgh_from_mat(name: str, data_root: Path) -> EvalDataset:
+    """Pittsburgh test set from the NetVLAD ``datasets/<name>.mat`` dbStruct, even where ``.npy`` lists exist."""
+    ds, sources = _read_mat(name, Path(data_root) / DATASET_SPECS[name].folder)
+    check_contents(ds, sources)
+    return _check_images(ds)
 
 
 def check_contents(ds: EvalDataset, sources: Sequence[Path | str]) -> None:
@@ -418,65 +471,9 @@ def check_contents(ds: EvalDataset, sources: Sequence[Path | str]) -> None:
 
 
 def load_dataset(name: str, data_root: Path, nordland_window: int = 1) -> EvalDataset:
-    """Read dataset ``name`` from ``<data_root>/<Folder>/`` (see the module docstring)."""
+    """Read dataset ``name`` from ``<data_root>/<folder>/`` with its :class:`DatasetSpec` reader, then check it."""
     _check_name(name)
-    root = Path(data_root) / _FOLDERS[name]
-
-    if name.startswith("pitts"):
-        files = [f"{name}_dbImages.npy", f"{name}_qImages.npy", f"{name}_gt.npy"]
-        have_npy = all((root / f).is_file() for f in files)
-        if not have_npy and (root / f"datasets/{name}.mat").is_file():
-            return pittsburgh_from_mat(name, data_root)
-        _require(name, root, files, f"(or provide datasets/{name}.mat instead of the three .npy files)")
-        ds = _lists_and_gt(name, root, files)
-        sources = [root / f for f in files]
-    elif name == "msls_val":
-        files = ["msls_val_dbImages.npy", "msls_val_qImages.npy", "msls_val_qIdx.npy", "msls_val_pIdx.npy"]
-        _require(name, root, files)
-        q_all = _str_list(_load_npy(root / files[1]), root / files[1])
-        q_idx = _as_indices(_load_npy(root / files[2]))
-        if q_idx is None or ((q_idx < 0) | (q_idx >= len(q_all))).any():
-            raise DatasetError(f"dataset {name!r}: {root / files[2]} must hold indices into the "
-                               f"{len(q_all)} entries of {files[1]} (0..{len(q_all) - 1})")
-        ds = EvalDataset(
-            name,
-            root,
-            _str_list(_load_npy(root / files[0]), root / files[0]),
-            [q_all[i] for i in q_idx],
-            _positives_list(_load_npy(root / files[3]), root / files[3]),
-        )
-        sources = [root / files[0], root / files[2], root / files[3]]
-    elif name == "msls_challenge":
-        files = ["msls_test_dbImages.npy", "msls_test_qImages.npy"]
-        _require(name, root, files)
-        ds = EvalDataset(name, root, _str_list(_load_npy(root / files[0]), root / files[0]),
-                         _str_list(_load_npy(root / files[1]), root / files[1]), None)
-        sources = [root / f for f in files] + ["(no ground truth)"]
-    elif name == "nordland":
-        files = ["Nordland_dbImages.npy", "Nordland_qImages.npy"]
-        _require(name, root, files)
-        db = _str_list(_load_npy(root / files[0]), root / files[0])
-        q = _str_list(_load_npy(root / files[1]), root / files[1])
-        ds = EvalDataset(name, root, db, q, nordland_positives(len(db), len(q), nordland_window))
-        sources = [root / f for f in files] + ["the Nordland frame window"]
-    elif name == "sped":
-        files = ["SPED_dbImages.npy", "SPED_qImages.npy", "SPED_gt.npy"]
-        _require(name, root, files)
-        ds = _lists_and_gt(name, root, files)
-        sources = [root / f for f in files]
-    else:  # sfxl
-        missing = [root / f for f in ("database", "queries") if not (root / f).is_dir()]
-        if missing:
-            raise MissingFilesError(name, missing)
-        db = _list_folder(root, "database")
-        q = _list_folder(root, "queries")
-        empty = [root / f for f, lst in (("database", db), ("queries", q)) if not lst]
-        if empty:
-            raise MissingFilesError(name, [f"{p}/*.jpg" for p in empty], "(folder has no .jpg images)")
-        db_utm = np.array([_utm_from_name(p) for p in db])
-        q_utm = np.array([_utm_from_name(p) for p in q])
-        ds = EvalDataset(name, root, db, q, radius_positives(db_utm, q_utm, POS_DIST_THR))
-        sources = [root / "database", root / "queries", f"the UTM coordinates in the file names ({POS_DIST_THR:g} m)"]
-
+    spec = DATASET_SPECS[name]
+    ds, sources = spec.reader(name, Path(data_root) / spec.folder, nordland_window)
     check_contents(ds, sources)
     return _check_images(ds)

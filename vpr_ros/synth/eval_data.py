@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from vpr_ros.evaluation.datasets import (
-    _FOLDERS,
+    DATASET_SPECS,
     NORDLAND_STRIDE,
     POS_DIST_THR,
     EvalDataset,
@@ -118,7 +118,7 @@ def write_dataset(
     if n_places < 1:
         raise ValueError(f"n_places must be >= 1, got {n_places}")
     spare = 2 if name == "msls_val" else 0
-    root = Path(out_root) / _FOLDERS[name]
+    root = Path(out_root) / DATASET_SPECS[name].folder
     root.mkdir(parents=True, exist_ok=True)
     put = _Writer(root, view)
 

@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from vpr_ros.evaluation.datasets import _FOLDERS, DATASETS
+from vpr_ros.evaluation.datasets import DATASET_SPECS, DATASETS
 from vpr_ros.synth.eval_data import _REVISIT_PARTNERS, SCENES_DIR, _key, write_dataset
 from vpr_ros.synth.views import random_view
 
@@ -337,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             photos, args.val, places_per_photo=args.places_per_photo, image_size=args.image_size, seed=args.seed + 1
         )
         print(f"wrote validation views of the same {n_places} places (sped: {n_places} references, "
-              f"{n_places} queries) to {args.val / _FOLDERS['sped']}")  # fmt: skip
+              f"{n_places} queries) to {args.val / DATASET_SPECS['sped'].folder}")  # fmt: skip
     return 0
 
 
