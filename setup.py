@@ -46,7 +46,7 @@ ROS_INTERFACE_BUILD = [
 setup(
     name=PACKAGE,
     version="0.1.0",
-    description="Visual place recognition for ROS 2 with DINOv2 + SALAD / A2GC descriptors and FAISS",
+    description="Visual place recognition for ROS 2 with DINOv2 + SALAD, A2GC, MegaLoc or BoQ descriptors and FAISS",
     long_description=README.read_text(encoding="utf-8") if README.exists() else "",
     long_description_content_type="text/markdown",
     maintainer="vpr_ros maintainers",
