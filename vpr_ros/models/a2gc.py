@@ -9,18 +9,40 @@ parameter, not in the checkpoint), as in the reference.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from vpr_ros.models.dinov2 import DinoV2Config
+from vpr_ros.models.family import AGG_PREFIX, AggregatorConfig, Options, StateDict, dropout_layer, shape, sized_config
 from vpr_ros.models.layers import asymmetric_ot_log_plan
-from vpr_ros.models.salad import _dropout, aggregate_descriptor, conv_head, token_head
+from vpr_ros.models.option_checks import BOOL, ITERATIONS, SIZE, float_range, is_number, one_of
+from vpr_ros.models.salad import SaladConfig, aggregate_descriptor, conv_head, salad_shapes, token_head
 
 
 @dataclass(frozen=True)
-class A2GCConfig:
-    """A²GC sizes and solver settings (defaults are the reference's VPR configuration)."""
+class A2GCConfig(AggregatorConfig):
+    """A²GC sizes and solver settings (defaults are the reference's VPR configuration).
+
+    Checkpoints hold SALAD's keys plus ``aggregator.cluster_geo`` (its width is ``geo_dim``);
+    without the geometric term only A²GC options in the config tell it from SALAD.
+    """
+
+    family = "a2gc"
+    title = "A²GC"
+    options = {**SaladConfig.options, "geo_dim": SIZE, "ot_iters": ITERATIONS, "use_geometric_ot": BOOL,
+               **dict.fromkeys(("ot_reg", "ot_temperature"), float_range(0, 1000, lo_open=True)),
+               "geo_lambda": float_range(0, 1000),
+               # reference settings this package reads but only has one implementation of
+               "assignment_mode": one_of("asymmetric_ot"), "sinkhorn_reg": one_of(1.0, 1),
+               "hidden_width": one_of(512), "gumbel_tau": ((lambda v: v is None or is_number(v)), "null or a number")}
+    renames = {"contrastive_ot_iters": "ot_iters", "contrastive_ot_reg": "ot_reg",
+               "contrastive_ot_temp": "ot_temperature"}
+    reference_only = frozenset(("assignment_mode", "gumbel_tau", "hidden_width", "sinkhorn_reg"))
+    marks = ("cluster_geo",)
 
     num_channels: int = 768
     num_clusters: int = 64
@@ -38,6 +60,25 @@ class A2GCConfig:
     def descriptor_dim(self) -> int:
         return self.token_dim + self.num_clusters * self.cluster_dim
 
+    def build(self) -> A2GC:
+        return A2GC(self)
+
+    def describe_sizes(self) -> str:
+        return f"m{self.num_clusters} l{self.cluster_dim} g{self.token_dim}"
+
+    @classmethod
+    def recognises(cls, sd: StateDict, user: Mapping[str, Any]) -> bool:
+        own = cls.__dataclass_fields__.keys() - SaladConfig.__dataclass_fields__.keys()
+        return super().recognises(sd, user) or bool(own & user.keys())  # options only A²GC has
+
+    @classmethod
+    def from_state_dict(cls, sd: StateDict, backbone: DinoV2Config, opts: Options) -> tuple[DinoV2Config, A2GCConfig]:
+        shapes = salad_shapes(sd)
+        del shapes["hidden_dim"]  # A²GC keeps the released 512
+        if AGG_PREFIX + "cluster_geo" in sd:
+            shapes["geo_dim"] = shape(sd, AGG_PREFIX + "cluster_geo")[1]
+        return backbone, sized_config(cls, shapes, opts["aggregator"], backbone.embed_dim, drop_foreign=True)
+
 
 def grid_coordinates(h: int, w: int, device=None, dtype=None) -> torch.Tensor:
     """``[2, h, w]``: channel 0 = x in [-1, 1] along the width, channel 1 = y along the height."""
@@ -53,7 +94,7 @@ class A2GC(nn.Module):
     def __init__(self, cfg: A2GCConfig = A2GCConfig()) -> None:
         super().__init__()
         self.cfg = cfg
-        drop = _dropout(cfg.dropout)  # one dropout module shared by both heads, as in the reference
+        drop = dropout_layer(cfg.dropout)  # one dropout module shared by both heads, as in the reference
         self.token_features = token_head(cfg.num_channels, cfg.token_dim)
         self.cluster_features = conv_head(cfg.num_channels, cfg.cluster_dim, drop)
         self.score = conv_head(cfg.num_channels, cfg.num_clusters, drop)

@@ -11,23 +11,35 @@ descriptor = ``proj_channels * row_dim`` (384 x 32 = 12288 for the released DINO
 Built from torch's own ``TransformerEncoderLayer`` and ``MultiheadAttention`` (SDPA inside), so
 parameter names are those of the released ``dinov2_12288.pth`` (``aggregator.proj_c``,
 ``aggregator.boqs.N.{encoder,queries,self_attn,norm_q,cross_attn,norm_out}``, ``aggregator.fc``).
-Every attention has heads of 64 channels.
+Every attention has heads of 64 channels. The release keeps its ViT under ``backbone.dino.*``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vpr_ros.models.dinov2 import HEAD_DIM
+from vpr_ros.models.dinov2 import HEAD_DIM, DinoV2Config
+from vpr_ros.models.family import AGG_PREFIX, AggregatorConfig, Options, StateDict, block_count, shape, sized_config
+from vpr_ros.models.option_checks import SIZE, int_range
 
 
 @dataclass(frozen=True)
-class BoQConfig:
+class BoQConfig(AggregatorConfig):
     """BoQ sizes; released DINOv2 model: 768 -> 384 channels, 2 blocks of 64 queries, 32 rows."""
+
+    family = "boq"
+    title = "BoQ"
+    backbone_prefix = "backbone.dino."
+    options = {**dict.fromkeys(("num_channels", "proj_channels", "num_queries", "row_dim"), SIZE),
+               "num_layers": int_range(1, 64)}
+    renames = {"in_channels": "num_channels"}  # BoQ's constructor
+    reference_kwargs = "boq_kwargs"
+    marks = ("proj_c.weight", "boqs.")
 
     num_channels: int = 768
     proj_channels: int = 384
@@ -42,6 +54,25 @@ class BoQConfig:
     @property
     def descriptor_dim(self) -> int:
         return self.proj_channels * self.row_dim
+
+    def build(self) -> BoQ:
+        return BoQ(self)
+
+    def describe_sizes(self) -> str:
+        return f"c{self.proj_channels} q{self.num_queries}x{self.num_layers} r{self.row_dim}"
+
+    @classmethod
+    def from_state_dict(cls, sd: StateDict, backbone: DinoV2Config, opts: Options) -> tuple[DinoV2Config, BoQConfig]:
+        """Channels, queries, blocks and rows from the shapes; the backbone hands over the last
+        block's tokens without the final LayerNorm, and (as in BoQ's training) its last 2 blocks train."""
+        proj = shape(sd, AGG_PREFIX + "proj_c.weight")
+        layers = block_count(sd, AGG_PREFIX + "boqs.", "BoQ checkpoint")
+        shapes = {"num_channels": proj[1], "proj_channels": proj[0],
+                  "num_queries": shape(sd, AGG_PREFIX + "boqs.0.queries")[1], "num_layers": layers,
+                  "row_dim": shape(sd, AGG_PREFIX + "fc.weight")[0]}
+        trainable = opts["backbone"].get("num_trainable_blocks", 2)
+        backbone = dataclasses.replace(backbone, norm_layer=False, num_trainable_blocks=trainable)
+        return backbone, sized_config(cls, shapes, opts["aggregator"], backbone.embed_dim)
 
 
 class BoQBlock(nn.Module):

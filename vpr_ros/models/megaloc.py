@@ -4,7 +4,8 @@ MegaLoc is a DINOv2 ViT-B/14 trained on several localisation datasets at once. I
 SALAD with a configurable head width (``mlp_dim``) and wider clusters (m=64, l=256, g=256: a
 16640-d SALAD vector), projected to ``feat_dim`` = 8448 by ``linear`` and L2-normalised again.
 Parameter names follow the released ``model.safetensors`` (``aggregator.agg.*``,
-``aggregator.linear``), so only the backbone keys need mapping (see ``loading.py``).
+``aggregator.linear``); its ViT is written out as ``backbone.*`` (no ``mask_token`` in the file,
+none in the model), which the loader maps to ``backbone.model.*``.
 
 The SALAD part is this package's :class:`~vpr_ros.models.salad.SALAD`, unchanged. The reference
 solver squeezes its logsumexp results, which only changes tensor shapes at batch 1 and is then
@@ -20,13 +21,24 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from torch import nn
 
-from vpr_ros.models.salad import HIDDEN, SALAD, SaladConfig
+from vpr_ros.models.dinov2 import DinoV2Config
+from vpr_ros.models.family import AGG_PREFIX, AggregatorConfig, Options, StateDict, shape, sized_config
+from vpr_ros.models.option_checks import SIZE
+from vpr_ros.models.salad import HIDDEN, SALAD, SaladConfig, check_patch_count, salad_shapes
 from vpr_ros.types import PATCH_SIZE
 
 
 @dataclass(frozen=True)
-class MegaLocConfig:
+class MegaLocConfig(AggregatorConfig):
     """MegaLoc sizes; released: m=64, l=256, g=256, mlp_dim=512, 16640 -> 8448."""
+
+    family = "megaloc"
+    title = "MegaLoc"
+    backbone_prefix = "backbone."
+    keeps_mask_token = False
+    options = {**SaladConfig.options, "mlp_dim": SIZE, "feat_dim": SIZE}
+    reference_kwargs = "megaloc_kwargs"
+    marks = ("linear.weight", "agg.")
 
     num_channels: int = 768
     num_clusters: int = 64
@@ -50,6 +62,32 @@ class MegaLocConfig:
         return SaladConfig(num_channels=self.num_channels, num_clusters=self.num_clusters,
                            cluster_dim=self.cluster_dim, token_dim=self.token_dim, dropout=self.dropout,
                            sinkhorn_iters=self.sinkhorn_iters, hidden_dim=self.mlp_dim)
+
+    def build(self) -> MegaLocAggregator:
+        return MegaLocAggregator(self)
+
+    def describe_sizes(self) -> str:
+        return f"m{self.num_clusters} l{self.cluster_dim} g{self.token_dim} h{self.mlp_dim}"
+
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        return patch_multiple_size(height, width)
+
+    def fit_input(self, images: torch.Tensor) -> torch.Tensor:
+        return resize_to_patch_multiple(images)
+
+    def check_patches(self, height: int, width: int) -> None:
+        check_patch_count(height, width, self.num_clusters)
+
+    @classmethod
+    def from_state_dict(cls, sd: StateDict, backbone: DinoV2Config, opts: Options
+                        ) -> tuple[DinoV2Config, MegaLocConfig]:
+        """SALAD sizes (with the head width ``mlp_dim``) and the projection from the shapes."""
+        salad, (feat_dim, _) = AGG_PREFIX + "agg.", shape(sd, AGG_PREFIX + "linear.weight")
+        mlp_dim, width = shape(sd, salad + "token_features.0.weight")
+        heads = salad_shapes(sd, salad)
+        shapes = {"num_channels": width, "mlp_dim": mlp_dim, **{k: heads[k] for k in ("num_clusters", "cluster_dim",
+                  "token_dim")}, "feat_dim": feat_dim}
+        return backbone, sized_config(cls, shapes, opts["aggregator"], backbone.embed_dim)
 
 
 class MegaLocAggregator(nn.Module):

@@ -1,5 +1,5 @@
-"""Named model architectures: the released SALAD, MegaLoc and BoQ models and the A²GC ViT-B
-configuration.
+"""The aggregator families (:data:`FAMILIES`) and the named architectures: the released SALAD,
+MegaLoc and BoQ models and the A²GC ViT-B configuration.
 
 A name fixes the architecture and the evaluation settings; weights always come from a file on
 disk (nothing is downloaded at run time). The node parameter, map manifests and training
@@ -14,9 +14,14 @@ from vpr_ros.errors import InputError
 from vpr_ros.models.a2gc import A2GCConfig
 from vpr_ros.models.boq import BoQConfig
 from vpr_ros.models.dinov2 import dinov2_config
+from vpr_ros.models.family import AggregatorConfig
 from vpr_ros.models.megaloc import MegaLocConfig
 from vpr_ros.models.salad import SaladConfig
 from vpr_ros.models.vpr_model import ModelConfig, VPRModel
+
+# The aggregator families, from the most general: a checkpoint belongs to the last one that
+# recognises it (A²GC refines SALAD; MegaLoc and BoQ have keys of their own).
+FAMILIES: tuple[type[AggregatorConfig], ...] = (SaladConfig, A2GCConfig, MegaLocConfig, BoQConfig)
 
 
 @dataclass(frozen=True)

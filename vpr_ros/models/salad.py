@@ -14,14 +14,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vpr_ros.models.dinov2 import DinoV2Config
+from vpr_ros.models.family import AGG_PREFIX, AggregatorConfig, Options, StateDict, dropout_layer, shape, sized_config
 from vpr_ros.models.layers import sinkhorn_log_plan
+from vpr_ros.models.option_checks import DROPOUT, ITERATIONS, SIZE
+from vpr_ros.types import PATCH_SIZE
 
 HIDDEN = 512  # hidden width of the three heads, fixed in the released models
 
 
 @dataclass(frozen=True)
-class SaladConfig:
-    """SALAD sizes; released: m=64,l=128,g=256 (8448-d), 16/32/32 (544-d), m*l=2048,g=64 (2112-d)."""
+class SaladConfig(AggregatorConfig):
+    """SALAD sizes; released: m=64,l=128,g=256 (8448-d), 16/32/32 (544-d), m*l=2048,g=64 (2112-d).
+
+    Released files (and this package's exports) hold ``backbone.model.*`` and ``aggregator.*`` as
+    they are; SALAD is what is left once the other families have looked at a checkpoint.
+    """
+
+    family = "salad"
+    title = "SALAD"
+    options = {**dict.fromkeys(("num_channels", "num_clusters", "cluster_dim", "token_dim", "hidden_dim"), SIZE),
+               "dropout": DROPOUT, "sinkhorn_iters": ITERATIONS}
 
     num_channels: int = 768
     num_clusters: int = 64
@@ -35,15 +48,46 @@ class SaladConfig:
     def descriptor_dim(self) -> int:
         return self.token_dim + self.num_clusters * self.cluster_dim
 
+    def build(self) -> SALAD:
+        return SALAD(self)
+
+    def describe_sizes(self) -> str:
+        return f"m{self.num_clusters} l{self.cluster_dim} g{self.token_dim}"
+
+    def check_patches(self, height: int, width: int) -> None:
+        check_patch_count(height, width, self.num_clusters)
+
+    @classmethod
+    def from_state_dict(cls, sd: StateDict, backbone: DinoV2Config, opts: Options) -> tuple[DinoV2Config, SaladConfig]:
+        return backbone, sized_config(cls, salad_shapes(sd), opts["aggregator"], backbone.embed_dim, drop_foreign=True)
+
+
+def salad_shapes(sd: StateDict, prefix: str = AGG_PREFIX) -> dict[str, int]:
+    """SALAD's sizes from its heads under ``prefix`` (``hidden_dim`` last)."""
+    return {
+        "num_channels": shape(sd, prefix + "token_features.0.weight")[1],
+        "num_clusters": shape(sd, prefix + "score.3.weight")[0],
+        "cluster_dim": shape(sd, prefix + "cluster_features.3.weight")[0],
+        "token_dim": shape(sd, prefix + "token_features.2.weight")[0],
+        "hidden_dim": shape(sd, prefix + "token_features.0.weight")[0],
+    }
+
+
+def check_patch_count(height: int, width: int, clusters: int) -> None:
+    """Optimal transport with a dustbin needs more patches than clusters."""
+    patches = (height // PATCH_SIZE) * (width // PATCH_SIZE)
+    if patches <= clusters:
+        side = (int(clusters**0.5) + 1) * PATCH_SIZE
+        raise ValueError(
+            f"a {height}x{width} image gives {patches} patches, but SALAD needs more patches than "
+            f"clusters ({clusters}); use at least {side}x{side}"
+        )
+
 
 def conv_head(in_ch: int, out_ch: int, dropout: float | nn.Module, hidden: int = HIDDEN) -> nn.Sequential:
     """1x1 conv -> dropout -> ReLU -> 1x1 conv (indices 0 and 3 hold the weights)."""
-    drop = dropout if isinstance(dropout, nn.Module) else _dropout(dropout)
+    drop = dropout if isinstance(dropout, nn.Module) else dropout_layer(dropout)
     return nn.Sequential(nn.Conv2d(in_ch, hidden, 1), drop, nn.ReLU(), nn.Conv2d(hidden, out_ch, 1))
-
-
-def _dropout(p: float | None) -> nn.Module:
-    return nn.Dropout(p) if p else nn.Identity()
 
 
 def token_head(in_ch: int, out_dim: int, hidden: int = HIDDEN) -> nn.Sequential:
