@@ -20,14 +20,14 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchContext, LaunchDescription
-from launch.actions import DeclareLaunchArgument, GroupAction, LogInfo, OpaqueFunction, SetEnvironmentVariable, Shutdown
-from launch.events.process import ProcessExited
+from launch.actions import DeclareLaunchArgument, GroupAction, LogInfo, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 from vpr_ros.ros.launch_args import (
     PARAMETER_ARGUMENTS,
     check_known,
+    end_launch_with_node,
     node_fqn,
     node_parameters,
     optional_file,
@@ -69,18 +69,10 @@ def _start_node(context: LaunchContext, declared: frozenset[str]) -> list:
         output="screen",
         parameters=[*([params_file] if params_file else []), params],
         remappings=[("odom", value["odom_topic"])] if value["odom_topic"] else [],
-        on_exit=_on_node_exit,
+        on_exit=end_launch_with_node,
     )
     # The group scopes the environment to the node. An empty FASTDDS_DEFAULT_PROFILES_FILE would make
     # Fast DDS log an XML parser error, hence no variable at all without a profile.
     env = [SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", dds_profile)] if dds_profile else []
     return [*(LogInfo(msg=f"vpr_localize: {note}") for note in notes), GroupAction([*env, node])]
 
-
-def _on_node_exit(event: ProcessExited, context: LaunchContext) -> list:
-    """The launch has nothing left to do without the node. launch (Humble to Kilted) has no way to
-    set the exit code of ``ros2 launch`` (``Shutdown`` exits 0): ``LaunchService.run`` returns 1
-    only after an exception while it handles an event, so a failed node raises one here."""
-    if event.returncode != 0:
-        raise RuntimeError(f"{event.process_name} exited with code {event.returncode} (its log is above)")
-    return [Shutdown(reason=f"{event.process_name} exited")]

@@ -72,4 +72,4 @@ def test_launch_file_starts_the_installed_node_with_the_shipped_params() -> None
     assert declared | set(launch_args.PARAMETER_ARGUMENTS) == {
         "checkpoint", "model_config", "image_size", "map", "mode", "threshold", "top_k", "image_topic", "odom_topic",
         "namespace", "params_file", "dds_profile"}
-    assert "check_known(context.launch_configurations" in source and "on_exit=_on_node_exit" in source
+    assert "check_known(context.launch_configurations" in source and "on_exit=end_launch_with_node" in source
