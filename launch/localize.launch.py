@@ -75,4 +75,3 @@ def _start_node(context: LaunchContext, declared: frozenset[str]) -> list:
     # Fast DDS log an XML parser error, hence no variable at all without a profile.
     env = [SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", dds_profile)] if dds_profile else []
     return [*(LogInfo(msg=f"vpr_localize: {note}") for note in notes), GroupAction([*env, node])]
-
