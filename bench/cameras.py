@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import random
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -28,15 +27,14 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")  # before rclpy is imported
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 101)))
 os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(REPO / "config" / "fastdds_large_frames.xml")
-sys.path.insert(0, str(REPO / "test"))
 
 import cv2  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
-from ros_harness import Client, image_msg, start_node, stop_node  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from vpr_ros.maps.place_map import PlaceMap  # noqa: E402
 from vpr_ros.preprocess import load_image  # noqa: E402
+from vpr_ros.ros.testing import Client, image_msg, start_node, stop_node  # noqa: E402
 
 DEMO = REPO / "vpr_ros" / "synth" / "data" / "models" / "demo_salad.pt"
 PHOTOS = sorted((REPO / "vpr_ros" / "synth" / "data" / "scenes").glob("*.jpg"))

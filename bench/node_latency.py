@@ -34,16 +34,15 @@ from pathlib import Path
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 101)))
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "test"))
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from ros_harness import Client, image_msg, start_node, stop_node  # noqa: E402
 
 from vpr_ros.extractor import load_extractor  # noqa: E402
 from vpr_ros.maps.place_map import PlaceMap  # noqa: E402
 from vpr_ros.preprocess import load_image  # noqa: E402
+from vpr_ros.ros.testing import Client, image_msg, start_node, stop_node  # noqa: E402
 from vpr_ros.types import Pose  # noqa: E402
 
 GOLDEN = REPO / "test" / "data" / "golden" / "salad"

@@ -3,7 +3,7 @@
 The node (``python -m vpr_ros.ros.rgbd_descriptors``, demo model, CPU) runs in its own process.
 This process stands in for both ends: it publishes ``rtabmap_msgs/RGBDImage`` frames best effort
 as ``rgbd_sync`` would (640x480 photos; raw bgr8 + 16UC1 depth, or the compressed pair, JPEG colour
-+ PNG depth, test/rgbd_harness.py) at ``--rate`` Hz, and receives them reliable as RTAB-Map would.
++ PNG depth, vpr_ros/ros/rgbd_testing.py) at ``--rate`` Hz, and receives them reliable as RTAB-Map would.
 Latency is publish -> receipt on one clock (this process), so it includes serialising, DDS,
 deserialising into Python on both hops, decoding, the model and the descriptor encoding.
 
@@ -31,18 +31,17 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 101)))
 os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(REPO / "config" / "fastdds_large_frames.xml"))
-sys.path.insert(0, str(REPO / "test"))
 
 import numpy as np  # noqa: E402
 import rclpy  # noqa: E402
 import torch  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
-from rgbd_harness import compressed_rgbd, raw_rgbd  # noqa: E402
-from ros_harness import Client, start_node, stop_node  # noqa: E402
 from rtabmap_msgs.msg import RGBDImage  # noqa: E402
 
 from vpr_ros.ros.rgbd_descriptors import OUTPUT_QOS  # noqa: E402
+from vpr_ros.ros.rgbd_testing import compressed_rgbd, raw_rgbd  # noqa: E402
+from vpr_ros.ros.testing import Client, start_node, stop_node  # noqa: E402
 
 DEMO = REPO / "vpr_ros" / "synth" / "data" / "models" / "demo_salad.pt"
 WARMUP = 10  # frames per format sent before measuring (not counted)

@@ -40,7 +40,6 @@ import json
 import math
 import os
 import random
-import signal
 import struct
 import subprocess
 import sys
@@ -68,6 +67,7 @@ from std_srvs.srv import Trigger  # noqa: E402
 from vpr_ros.errors import VprError  # noqa: E402
 from vpr_ros.maps.place_map import PlaceMap  # noqa: E402
 from vpr_ros.preprocess import load_image  # noqa: E402
+from vpr_ros.ros.testing import spin_until, start_node, stop_node  # noqa: E402
 
 DEMO = REPO / "vpr_ros" / "synth" / "data" / "models" / "demo_salad.pt"
 PHOTOS = sorted((REPO / "vpr_ros" / "synth" / "data" / "scenes").glob("*.jpg"))
@@ -99,26 +99,6 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (all its threads)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def start_node(map_path: Path, log: Path) -> subprocess.Popen:
-    params = {"checkpoint": DEMO, "device": "cpu", "mode": "slam", "map": map_path}
-    cmd = [sys.executable, "-m", "vpr_ros.ros.node", "--ros-args", "-r", f"image:={TOPIC}", "-r", f"odom:={ODOM}"]
-    for name, value in params.items():
-        cmd += ["-p", f"{name}:={value}"]
-    with log.open("w") as f:  # a file, not a pipe: a chatty node must never block on a full pipe
-        return subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
-
-
-def stop_node(proc: subprocess.Popen, timeout: float = 60.0) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-    try:
-        return proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        return -signal.SIGKILL
 
 
 def raw_msg(rgb: np.ndarray) -> Image:
@@ -224,12 +204,7 @@ class Bench:
         return self.count("received") - sum(self.count(k) for k in ("processed", "rejected", "dropped", "skipped"))
 
     def spin_until(self, cond, timeout: float) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if cond():
-                return True
-            self.executor.spin_once(timeout_sec=0.05)
-        return cond()
+        return spin_until(self.executor, cond, timeout)
 
     def next_diag(self, timeout: float = 5.0) -> bool:
         seen = self.diag_count
@@ -349,8 +324,9 @@ def settle(bench: Bench, timeout: float = 30.0) -> bool:
 def run(args: argparse.Namespace) -> dict:
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        map_path, log = Path(tmp) / "soak.map", Path(tmp) / "node.log"
-        proc = start_node(map_path, log)
+        map_path = Path(tmp) / "soak.map"
+        proc = start_node({"checkpoint": DEMO, "device": "cpu", "mode": "slam", "map": map_path},
+                          ["-r", f"image:={TOPIC}", "-r", f"odom:={ODOM}"])
         bench = Bench()
         failed = True  # until the stream and the save are through: then the node's log tail is printed
         try:
@@ -371,8 +347,7 @@ def run(args: argparse.Namespace) -> dict:
             failed = False
         finally:
             bench.close()
-            code = stop_node(proc)
-            node_log = log.read_text(errors="replace")
+            code, node_log = stop_node(proc, timeout=60.0)
             if failed or code != 0 or "Traceback" in node_log:
                 print("the node's log ends:\n" + "\n".join(node_log.splitlines()[-30:]), file=sys.stderr)
         try:

@@ -15,12 +15,12 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image as PILImage
-from ros_harness import Client, start_node, stop_node
 from sensor_msgs.msg import CompressedImage, Image
 from test_node_failures import BASE  # noqa: I001  (the same tiny model and map-less settings)
 
 from vpr_ros.errors import BadFrame
 from vpr_ros.image_msgs import SUPPORTED_ENCODINGS, image_to_rgb
+from vpr_ros.ros.testing import Client, start_node, stop_node
 
 RNG = np.random.default_rng(20261130)
 ENCODINGS = sorted(SUPPORTED_ENCODINGS) + ["", "rgb", "RGB8", "32FC1", "64FC3", "bgr8\x00", "é", "rgb8 " * 100]

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from ros_harness import Client, start_node, stop_node
 
 from vpr_ros.maps.place_map import PlaceMap
+from vpr_ros.ros.testing import Client, start_node, stop_node
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "config" / "fastdds_large_frames.xml"

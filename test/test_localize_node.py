@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ros_harness import Client, image_msg, jpeg_msg, odom_msg, start_node, stop_node
 
 from vpr_ros.extractor import DescriptorExtractor
 from vpr_ros.maps.place_map import PlaceMap
 from vpr_ros.models import ModelConfig, VPRModel, dinov2_config, load_model
 from vpr_ros.models.salad import SaladConfig
 from vpr_ros.preprocess import load_image
+from vpr_ros.ros.testing import Client, image_msg, jpeg_msg, odom_msg, start_node, stop_node
 from vpr_ros.types import ModelIdentity, Pose, to_stamp
 
 REPO = Path(__file__).resolve().parents[1]

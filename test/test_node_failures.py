@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ros_harness import Client, image_msg, odom_msg, start_node, stop_node
 from sensor_msgs.msg import Image
 
 from vpr_ros.errors import BagError, ModelOutputError
@@ -20,6 +19,7 @@ from vpr_ros.maps.place_map import PlaceMap
 from vpr_ros.models import load_model
 from vpr_ros.preprocess import load_image
 from vpr_ros.ros import player
+from vpr_ros.ros.testing import Client, image_msg, odom_msg, start_node, stop_node
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "test" / "data" / "golden" / "salad"

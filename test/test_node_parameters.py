@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rclpy
-from ros_harness import start_node, stop_node
 from test_adversarial_maps import read_manifest, resign, write_manifest
 
 from vpr_ros.extractor import load_extractor
@@ -19,6 +18,7 @@ from vpr_ros.fast_path import DeviceFailure
 from vpr_ros.health import ERROR, OK, WARN, Health
 from vpr_ros.maps.place_map import PlaceMap
 from vpr_ros.ros.node_shell import Describer
+from vpr_ros.ros.testing import start_node, stop_node
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "vpr_ros" / "synth" / "data" / "models" / "demo_salad.pt"

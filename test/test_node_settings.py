@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ros_harness import Client, jpeg_msg, start_node, stop_node
 
 from vpr_ros.cli import main
 from vpr_ros.extractor import load_extractor
 from vpr_ros.maps.place_map import PlaceMap
 from vpr_ros.preprocess import load_image
+from vpr_ros.ros.testing import Client, jpeg_msg, start_node, stop_node
 from vpr_ros.types import Pose
 
 REPO = Path(__file__).resolve().parents[1]

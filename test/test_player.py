@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ros_harness import Image, SingleThreadedExecutor, rclpy  # the harness sets the DDS environment first
 
 from vpr_ros.bags.writer import write_bag
 from vpr_ros.ros.player import RELIABLE, BagPlayer, load_bag, main, parse_remap
+from vpr_ros.ros.testing import Image, SingleThreadedExecutor, rclpy  # the harness sets the DDS environment first
 
 T0 = 1_700_000_000 * 10**9
 

@@ -7,7 +7,7 @@ same, written from that description only, and the descriptor it yields must be t
 
 The node runs as its own process with the real ``rtabmap_msgs`` types (built into the venv from
 upstream's definitions, test/rtabmap_msgs), on remapped topics; the frames come best effort from a
-third process (test/rgbd_harness.py) with photos at 640x480, both with the shipped Fast DDS
+third process (vpr_ros/ros/rgbd_testing.py) with photos at 640x480, both with the shipped Fast DDS
 profile, as a large best-effort frame between processes needs it (docs/node.md, "DDS").
 """
 
@@ -23,8 +23,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from rgbd_harness import FRAME_ID, PROFILE, depth_mm, jpeg_of, photo_rgb
-from ros_harness import Client, start_node, stop_node
 from rtabmap_msgs.msg import RGBDImage
 
 from vpr_ros.errors import InputError
@@ -32,6 +30,8 @@ from vpr_ros.extractor import load_extractor
 from vpr_ros.ros import launch_args
 from vpr_ros.ros.params import PARAMS
 from vpr_ros.ros.rgbd_descriptors import SPECS
+from vpr_ros.ros.rgbd_testing import FRAME_ID, PROFILE, depth_mm, jpeg_of, photo_rgb
+from vpr_ros.ros.testing import Client, start_node, stop_node
 from vpr_ros.rtabmap_descriptors import encode_descriptor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,7 +96,7 @@ class Wire:
             self.node = start_node({"checkpoint": str(DEMO), "device": "cpu"},
                                    ["-r", f"rgbd_image:={IN_TOPIC}", "-r", f"rgbd_image_vpr:={OUT_TOPIC}"],
                                    module=MODULE)
-            self.pub = subprocess.Popen([sys.executable, str(REPO / "test" / "rgbd_harness.py"), IN_TOPIC],
+            self.pub = subprocess.Popen([sys.executable, "-m", "vpr_ros.ros.rgbd_testing", IN_TOPIC],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.lines: list[str] = []
         threading.Thread(target=lambda: self.lines.extend(line.strip() for line in self.pub.stdout),

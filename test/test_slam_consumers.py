@@ -28,7 +28,6 @@ import numpy as np
 import pytest
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from ros_harness import Client, jpeg_msg, odom_msg, start_node, stop_node
 from scipy.spatial.transform import Rotation
 from sensor_msgs.msg import CompressedImage
 from std_msgs.msg import Float64MultiArray
@@ -37,6 +36,7 @@ from test_loop_pairs import liosam_keyframes
 from vpr_ros.extractor import load_extractor
 from vpr_ros.maps.place_map import PlaceMap
 from vpr_ros.preprocess import load_image
+from vpr_ros.ros.testing import Client, jpeg_msg, odom_msg, start_node, stop_node
 from vpr_ros.types import Pose, to_stamp
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,6 +1,8 @@
-"""Test harness for the ROS node: start it as a real process, talk to it over real DDS.
+"""Driving the ROS node from outside, for the tests and the benchmarks: start it as a real process,
+talk to it over real DDS.
 
-DDS stays on loopback (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST) on a per-run domain id.
+Importing this module keeps DDS on loopback (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST) on a per-run
+domain id unless one is set: it is meant for test and benchmark processes, never for a robot's.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 101)))
 
@@ -47,7 +48,7 @@ def start_node(params: dict, extra_args: list[str] = (), params_file: Path | Non
         cmd += ["-p", f"{name}:={text}"]
     cmd += list(extra_args)
     log = tempfile.TemporaryFile("w+")  # not a pipe: a chatty node must never block on a full pipe
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True, preexec_fn=preexec_fn)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, preexec_fn=preexec_fn)
     proc.log = log  # type: ignore[attr-defined]
     return proc
 
@@ -91,6 +92,16 @@ def odom_msg(stamp: tuple[int, int], x: float, y: float = 0.0) -> Odometry:
     return msg
 
 
+def spin_until(executor: SingleThreadedExecutor, cond: Callable[[], bool], timeout: float = 30.0) -> bool:
+    """Spin ``executor`` until ``cond()`` holds or ``timeout`` s have passed; the last ``cond()``."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        executor.spin_once(timeout_sec=0.05)
+    return cond()
+
+
 class Client:
     """The test's side of the conversation: publishes frames, records the node's outputs."""
 
@@ -122,12 +133,7 @@ class Client:
         self.base = base
 
     def spin_until(self, cond: Callable[[], bool], timeout: float = 30.0) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if cond():
-                return True
-            self.executor.spin_once(timeout_sec=0.05)
-        return cond()
+        return spin_until(self.executor, cond, timeout)
 
     def wait_ready(self, proc: subprocess.Popen, timeout: float = 60.0) -> None:
         """Until the node's subscriptions and publishers are matched with ours."""

@@ -7,7 +7,7 @@ compressed pair: ``rgb_compressed`` from cv_bridge's ``toCompressedImageMsg(...,
 ``"jpg"``, OpenCV's JPEG of the BGR image at its default quality) and ``depth_compressed`` as a PNG
 (format ``"png"``); both with the camera info of the colour camera and the header of the newer image.
 
-Run as a script (``python rgbd_harness.py TOPIC``) it is the publisher process of the tests and
+Run as a module (``python -m vpr_ros.ros.rgbd_testing TOPIC``) it is the publisher process of the tests and
 benchmark: best effort (sensor data QoS), it prints ``ready`` once a subscriber matched, then reads
 commands on stdin, one per line, publishes and prints ``sent``: ``raw|jpg PHOTO SEC NSEC`` (a photo
 of :data:`PHOTOS`), ``empty SEC NSEC`` (no colour image), ``garbage SEC NSEC`` (a broken JPEG).
@@ -26,9 +26,9 @@ import numpy as np
 from rtabmap_msgs.msg import RGBDImage
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-REPO = Path(__file__).resolve().parents[1]
-PROFILE = REPO / "config" / "fastdds_large_frames.xml"
-PHOTOS = sorted((REPO / "vpr_ros" / "synth" / "data" / "scenes").glob("*.jpg"))
+PACKAGE = Path(__file__).resolve().parents[1]
+PROFILE = PACKAGE.parent / "config" / "fastdds_large_frames.xml"  # in a source checkout
+PHOTOS = sorted((PACKAGE / "synth" / "data" / "scenes").glob("*.jpg"))
 WIDTH, HEIGHT = 640, 480
 FRAME_ID = "camera_color_optical_frame"
 
