@@ -38,8 +38,8 @@ HOME = Path("/home/robot/.ros")
 
 
 def test_parameter_arguments_are_node_parameters_with_the_same_choices_and_ranges() -> None:
-    """launch_args cannot import the parameter table (the launch process may lack numpy and FAISS),
-    so its copies of the choices and ranges are checked against it here."""
+    """launch_args reads its choices and ranges from the node's parameter table (which imports no numpy
+    or FAISS: the launch process may lack them, see the next test)."""
     assert set(PARAMETER_ARGUMENTS) == {"checkpoint", "model_config", "image_size", "map", "mode", "threshold",
                                         "top_k", "image_topic"}
     assert set(PARAMETER_ARGUMENTS) <= set(PARAMS)

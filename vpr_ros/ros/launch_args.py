@@ -7,8 +7,9 @@ parameter makes the node refuse it. Everything that decides what the node gets i
 testable without ROS: which arguments are set (the empty default means "unset": the params file or
 the node default applies), their types, the defaults that let a bare ``ros2 launch`` run (the
 bundled demo model and a slam map under ``$ROS_HOME``), and the check that rejects unknown
-arguments. Only the standard library (PyYAML for the params file, which ``launch_ros`` needs too):
-the launch process may not have the node's numpy, torch or FAISS.
+arguments. Only the standard library (PyYAML for the params file, which ``launch_ros`` needs too) and
+the node's parameter table (:mod:`vpr_ros.ros.params`, which imports no numpy): the launch process
+may not have the node's numpy, torch or FAISS.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from vpr_ros.errors import InputError
+from vpr_ros.ros.params import PARAMS
 
 NODE_NAME = "vpr_localize"
 # Installed as package data with vpr_ros; examples and the demo only.
@@ -47,8 +49,8 @@ DESCRIPTOR_ARGUMENTS: dict[str, str] = {
     "precision": "fp32, bf16 or fp16; unset: fp32",
     "reliable": "true: subscribe to rgbd_image with reliable QoS; unset: false (sensor data, best effort)",
 }
-MODES = ("localize", "slam")
-TOP_K_RANGE = (1, 100)
+MODES = PARAMS["mode"].choices
+TOP_K_RANGE = PARAMS["top_k"].range
 # Launch configurations set by ros2 launch (--launch-prefix), read by launch (emulate_tty) or kept
 # by launch_ros actions (PushRosNamespace, SetRemap, SetParameter): not misspelt arguments.
 LAUNCH_INTERNAL = frozenset({"launch-prefix", "launch-prefix-filter", "emulate_tty", "ros_namespace", "ros_remaps",

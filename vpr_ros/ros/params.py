@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vpr_ros.errors import InputError
-from vpr_ros.loop_closure.policy import LoopClosureConfig
 from vpr_ros.types import Pose
+
+if TYPE_CHECKING:  # the table must stay importable without numpy or FAISS: the launch files read it
+    from vpr_ros.loop_closure.policy import LoopClosureConfig
 
 IDENTITY = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0)  # x y z qx qy qz qw
 CAMERA_PARAMS = ("image_topic", "camera_frame", "camera_pose")  # what each of several cameras sets
@@ -85,6 +87,8 @@ RUNTIME = {name for name, spec in PARAMS.items() if not spec.read_only}
 def loop_closure_config(values: dict[str, Any], mode: str, calibrated: float | None = None) -> LoopClosureConfig:
     """Gates from parameter values; localize mode has no exclusion window (another run's map). A NaN
     threshold means "not set": the map's ``calibrated`` threshold, else ``DEFAULT_THRESHOLD``."""
+    from vpr_ros.loop_closure.policy import LoopClosureConfig
+
     slam = mode == "slam"
     threshold = float(values["threshold"])
     if math.isnan(threshold):
