@@ -244,7 +244,7 @@ def test_calibrating_with_no_separation_never_counts_a_place_as_its_own_non_revi
 
 
 def test_map_info_escapes_surrogates_and_control_characters(tmp_path: Path, capsys) -> None:
-    from vpr_ros.maps import place_map
+    from vpr_ros.maps.manifest import manifest_digest
     from vpr_ros.types import ModelIdentity
 
     pm = PlaceMap.create(8, model_id=ModelIdentity("salad", (112, 112), 8, "ab"))
@@ -254,7 +254,7 @@ def test_map_info_escapes_surrogates_and_control_characters(tmp_path: Path, caps
     manifest = json.loads(manifest_file.read_text())
     manifest["model"]["arch"] = "salad\udc80\x1b]0;title\x07"  # a lone surrogate: printing it raw raises
     manifest["model"]["checkpoint_sha256"] = "\ud800" * 3
-    manifest["manifest_sha256"] = place_map._manifest_digest(manifest)
+    manifest["manifest_sha256"] = manifest_digest(manifest)
     manifest_file.write_text(json.dumps(manifest))
     assert main(["map-info", str(tmp_path / "map")]) == 0
     out = capsys.readouterr().out

@@ -261,6 +261,7 @@ CHILD = r"""
 import os, signal, sys
 import numpy as np
 import vpr_ros.maps.place_map as m
+from vpr_ros.maps import storage
 
 path, step = sys.argv[1], sys.argv[2]
 pm = m.PlaceMap.load(path)
@@ -287,11 +288,11 @@ if step == "writing_index":  # half of index.faiss on disk
         die()
     m.faiss.write_index = partial
 elif step == "temp_complete":  # the first directory fsync is of the finished temp folder
-    m.storage.fsync_dir = kill_on_call(m.storage.fsync_dir, 1)
+    storage.fsync_dir = kill_on_call(storage.fsync_dir, 1)
 elif step == "between_renames":  # old map moved to .bak, new one not in place
     m.os.replace = kill_on_call(os.replace, 2)
 elif step == "after_renames":
-    m.storage.fsync_dir = kill_on_call(m.storage.fsync_dir, 2)
+    storage.fsync_dir = kill_on_call(storage.fsync_dir, 2)
 pm.save(path)
 """
 

@@ -12,6 +12,7 @@ gets the new content and the link stays.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import stat
 import threading
@@ -83,3 +84,12 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], object] | byte
         else:
             write(tmp)
     return Path(path)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file, streamed in 4 MiB pieces (checkpoints can be several GB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()

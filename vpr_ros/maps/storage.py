@@ -13,7 +13,6 @@ the reader is done, :func:`read_consistently` reads again from the folder now in
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from vpr_ros.errors import MapError, MissingFileError, VprError
+from vpr_ros.io_files import file_sha256
 
 LOG = logging.getLogger(__name__)
 
@@ -124,11 +124,7 @@ def read_consistently(path: Path, manifest: str, read: Callable[[Folder], T]) ->
 
 
 def file_info(file: Path) -> dict:
-    digest = hashlib.sha256()
-    with open(file, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return {"bytes": file.stat().st_size, "sha256": digest.hexdigest()}
+    return {"bytes": file.stat().st_size, "sha256": file_sha256(file)}
 
 
 def left_by_dead_process(tmp: Path) -> bool:

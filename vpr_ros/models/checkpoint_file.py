@@ -4,7 +4,6 @@ objects besides tensors and non-finite values are refused with a CheckpointError
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import re
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 
 from vpr_ros.errors import CheckpointError, MissingFileError
+from vpr_ros.io_files import file_sha256
 from vpr_ros.models.family import AGG_PREFIX, BACKBONE_PREFIX, StateDict
 from vpr_ros.pickles import WEIGHTS_ONLY_PROTOCOLS, refusal, sniff
 
@@ -148,15 +148,6 @@ def _reason(exc: Exception) -> str:
     text = text.rsplit("WeightsUnpickler error:", 1)[-1]
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return lines[-1] if lines else type(exc).__name__
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, streamed (checkpoints can be several GB)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _first_line(exc: Exception) -> str:
