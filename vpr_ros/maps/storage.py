@@ -115,7 +115,9 @@ def read_consistently(path: Path, manifest: str, read: Callable[[Folder], T]) ->
             if folder.pinned or not folder.replaced():
                 return result
         except VprError:
-            if last or not folder.replaced():
+            # the backup of a save in progress is removed file by file once the new map is in place: a read
+            # that fails there is read again (from the new map), as is one of a folder a save replaced
+            if last or not (folder.replaced() or folder.path == backup_of(path)):
                 raise
         finally:
             folder.close()
