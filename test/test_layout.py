@@ -31,11 +31,18 @@ def _modules() -> dict[str, Path]:
 
 
 def _imports(name: str, path: Path, known: set[str]) -> set[str]:
-    """Absolute names imported by a module; ``from pkg import sub`` counts as importing ``pkg.sub``."""
+    """Absolute names imported by a module at run time; ``from pkg import sub`` counts as importing ``pkg.sub``.
+    Imports under ``if TYPE_CHECKING:`` are for annotations only and never run, so they are left out."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     out: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
+    tree = ast.parse(path.read_text(), str(path))
+    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                   and getattr(block.test, "id", getattr(block.test, "attr", None)) == "TYPE_CHECKING"
+                   for stmt in block.body for n in ast.walk(stmt)}
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        elif isinstance(node, ast.Import):
             out.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
@@ -100,3 +107,6 @@ def test_the_checker_sees_a_cycle_and_a_lazy_import(tmp_path: Path) -> None:
     (tmp_path / "m.py").write_text("def f():\n    import rclpy\n    from .sub import x\n")
     found = _imports("vpr_ros.maps.m", tmp_path / "m.py", {"vpr_ros.maps.sub"})
     assert {"rclpy", "vpr_ros.maps.sub"} <= found
+    (tmp_path / "t.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import rclpy\n"
+                                   "    from .sub import x\nimport numpy\n")
+    assert _imports("vpr_ros.maps.t", tmp_path / "t.py", {"vpr_ros.maps.sub"}) == {"typing", "numpy"}
