@@ -52,23 +52,17 @@ def test_checkpoints_are_only_loaded_weights_only() -> None:
 def test_launch_file_starts_the_installed_node_with_the_shipped_params() -> None:
     """launch_ros is not installable here: check the file's syntax and the names it relies on (what
     the arguments become is tested without ROS in test_launch_args.py)."""
-    import ast
+    from launch_files import launch_file_names
 
     from vpr_ros.ros import launch_args
 
-    source = (REPO / "launch" / "localize.launch.py").read_text()
-    tree = ast.parse(source)
+    source, imported, declared = launch_file_names(REPO / "launch" / "localize.launch.py")
     assert 'executable="localize_node"' in source and 'name="vpr_localize"' in source
     assert "localize_node = vpr_ros.ros.node:run" in (REPO / "setup.py").read_text()
     for shipped in ("localize.yaml", "fastdds_large_frames.xml"):
         assert f'"{shipped}"' in source and (REPO / "config" / shipped).is_file()
     assert (REPO / "config" / "localize.yaml").read_text().splitlines()[3:].count("/**:") == 1
-    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-                and node.module == "vpr_ros.ros.launch_args" for alias in node.names}
     assert imported and all(hasattr(launch_args, name) for name in imported)
-    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)]
-    declared = {call.args[0].value for call in calls
-                if getattr(call.func, "id", None) == "DeclareLaunchArgument" and isinstance(call.args[0], ast.Constant)}
     assert declared | set(launch_args.PARAMETER_ARGUMENTS) == {
         "checkpoint", "model_config", "image_size", "map", "mode", "threshold", "top_k", "image_topic", "odom_topic",
         "namespace", "params_file", "dds_profile"}

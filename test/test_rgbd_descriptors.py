@@ -13,7 +13,6 @@ profile, as a large best-effort frame between processes needs it (docs/node.md, 
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from launch_files import launch_file_names
 from rtabmap_msgs.msg import RGBDImage
 
 from vpr_ros.errors import InputError
@@ -241,17 +241,11 @@ def test_parameters_are_the_localize_nodes() -> None:
 def test_launch_file_starts_the_console_script_with_its_arguments() -> None:
     """launch_ros is not installable here: check the file's syntax and the names it relies on (what
     the arguments become is tested below, without ROS)."""
-    source = (REPO / "launch" / "rtabmap_descriptors.launch.py").read_text()
-    tree = ast.parse(source)
+    source, imported, declared = launch_file_names(REPO / "launch" / "rtabmap_descriptors.launch.py")
     assert 'executable="rgbd_descriptors"' in source and 'name="vpr_rgbd_descriptors"' in source
     assert "rgbd_descriptors = vpr_ros.ros.rgbd_descriptors:run" in (REPO / "setup.py").read_text()
     assert '"fastdds_large_frames.xml"' in source and (REPO / "config" / "fastdds_large_frames.xml").is_file()
-    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-                and node.module == "vpr_ros.ros.launch_args" for alias in node.names}
     assert imported and all(hasattr(launch_args, name) for name in imported)
-    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)]
-    declared = {call.args[0].value for call in calls
-                if getattr(call.func, "id", None) == "DeclareLaunchArgument" and isinstance(call.args[0], ast.Constant)}
     assert declared | set(launch_args.DESCRIPTOR_ARGUMENTS) == {
         "checkpoint", "model_config", "image_size", "device", "precision", "reliable", "namespace", "dds_profile",
         "rgbd_image", "rgbd_image_vpr"}
