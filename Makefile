@@ -35,7 +35,7 @@ $(RTABMAP_MSGS_STAMP): $(STAMP) $(addprefix $(RTABMAP_MSGS)/,build.sh CMakeLists
 
 # Every test runs once: pytest runs the suite except COLCON_TESTS, which colcon's test step runs
 # against the colcon build (the ROS and packaging tests, where the ament layout matters).
-COLCON_TESTS := test/test_package.py test/test_localize_node.py test/test_image_msgs.py
+COLCON_TESTS := test/integration/test_package.py test/ros/test_localize_node.py test/test_image_msgs.py
 test: venv
 	$(ROS_ENV) $(VPY) -m pytest test -q $(addprefix --ignore=,$(COLCON_TESTS))
 	$(MAKE) --no-print-directory colcon

@@ -5,7 +5,7 @@ is *arranged* alike: mutual-nearest-neighbour (MNN) matching of the patch tokens
 homography (what a planar or purely rotating scene gives) on the patch centres. The number of
 RANSAC inliers accepts or rejects a candidate and re-ranks the top-k. This only works with tokens
 that describe patch *content*: tokens dominated by the position embedding match cell to cell and
-"verify" any two frames with an identity homography (see test/test_verification.py).
+"verify" any two frames with an identity homography (see test/loop_closure/test_verification.py).
 
 Storage. Every map place keeps its local features, so they must be compact and reproducible:
 
