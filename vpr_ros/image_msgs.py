@@ -79,14 +79,6 @@ _DECODED = {1: "mono8", 3: "bgr8", 4: "bgra8"}  # channels of an OpenCV-decoded 
 _BIT_DEPTHS = (8, 10, 12, 14, 16)
 
 
-def bytes_per_pixel(encoding: str) -> int:
-    """Bytes of one pixel in a row of ``encoding`` (luma row for nv12/nv21)."""
-    if encoding not in _ENCODINGS:
-        raise BadFrame("unsupported encoding", repr(encoding))
-    size, channels, _ = _ENCODINGS[encoding]
-    return size * channels
-
-
 def image_to_rgb(msg: Any, max_pixels: int = 50_000_000) -> np.ndarray:
     """RGB uint8 (H, W, 3) C-contiguous array of an Image or CompressedImage message.
 

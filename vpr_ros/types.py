@@ -98,10 +98,6 @@ class ModelIdentity:
         return cls(model.cfg.describe(), tuple(int(s) for s in image_size), model.descriptor_dim,
                    model.checkpoint_sha256)
 
-    @classmethod
-    def from_json(cls, data: dict) -> ModelIdentity:
-        return cls(data["arch"], tuple(data["image_size"]), int(data["descriptor_dim"]), data.get("checkpoint_sha256"))
-
     def describe(self) -> str:
         """One line for messages: architecture, input size and the start of the weights' hash."""
         sha = (self.checkpoint_sha256 or "unknown")[:12]

@@ -123,10 +123,3 @@ def train_index(kind: IndexKind, dim: int, vectors: np.ndarray, ids: np.ndarray)
         inner.set_direct_map_type(faiss.DirectMap.Hashtable)  # reconstruct() and remove_ids() by id
     index.add_with_ids(vectors, ids)
     return index
-
-
-def bytes_per_place(index: faiss.Index) -> float:
-    """Approximate in-memory size per stored vector (codes + id)."""
-    if index.ntotal == 0:
-        return float("nan")
-    return len(faiss.serialize_index(index)) / index.ntotal
