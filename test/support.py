@@ -1,10 +1,12 @@
-"""Helpers several test folders share: the tiny node settings, re-signing an edited map manifest, and
-LIO-SAM's keyframe rule."""
+"""Helpers several test folders share: the tiny node settings, re-signing an edited map manifest,
+LIO-SAM's keyframe rule, and targets that output files must refuse to replace."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -47,3 +49,23 @@ def liosam_keyframes(pair: list[float], keyframe_times: list[float]) -> tuple[in
     current = next((i for i, t in enumerate(keyframe_times) if t >= pair[0]), len(keyframe_times) - 1)
     previous = next((i for i in reversed(range(len(keyframe_times))) if keyframe_times[i] <= pair[1]), 0)
     return current, previous
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Temporary files an atomic write left in ``folder`` (there must be none)."""
+    return sorted(p.name for p in folder.iterdir() if ".tmp" in p.name)
+
+
+def unwritable_targets(folder: Path) -> dict[str, Path]:
+    """A FIFO and a folder in ``folder`` that must survive every write aimed at them."""
+    fifo, sub = folder / "pipe.png", folder / "folder.png"
+    os.mkfifo(fifo)
+    sub.mkdir()
+    (sub / "keep.txt").write_text("kept")
+    return {"a FIFO": fifo, "a folder": sub}
+
+
+def assert_intact(targets: dict[str, Path]) -> None:
+    assert stat.S_ISFIFO(os.stat(targets["a FIFO"]).st_mode)
+    assert (targets["a folder"] / "keep.txt").read_text() == "kept"
+    assert not leftovers(targets["a FIFO"].parent)

@@ -20,7 +20,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from vpr_ros.io_files import output_path, write_atomic
+from vpr_ros.io.files import output_path, write_atomic
 from vpr_ros.models import ModelConfig
 from vpr_ros.models.loading import AGG_PREFIX, BACKBONE_PREFIX
 

@@ -38,7 +38,7 @@ from PIL import Image
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from vpr_ros.errors import InputError, MissingFileError, ModelOutputError
-from vpr_ros.io_files import file_kind
+from vpr_ros.io.files import file_kind
 from vpr_ros.models import VPRModel, load_model
 from vpr_ros.models.loading import parse_config
 from vpr_ros.models.onnx_model import OnnxModel, is_onnx_file

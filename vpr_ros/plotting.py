@@ -38,7 +38,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from vpr_ros.errors import InputError
-from vpr_ros.io_files import write_atomic
+from vpr_ros.io.files import write_atomic
 from vpr_ros.loop_closure.verification import MIN_MATCH_SIMILARITY, mutual_nearest
 
 DPI = 100
@@ -49,7 +49,7 @@ GAP = 10  # pixels between the two images of a match plot
 
 
 def save_figure(fig, out: str | os.PathLike) -> Path:
-    """Save ``fig`` as PNG atomically (:func:`vpr_ros.io_files.write_atomic`: never over a device or folder)."""
+    """Save ``fig`` as PNG atomically (:func:`vpr_ros.io.files.write_atomic`: never over a device or folder)."""
     try:
         return write_atomic(out, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
     finally:

@@ -51,7 +51,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from vpr_ros.errors import InputError, MissingFileError
-from vpr_ros.io_files import file_kind
+from vpr_ros.io.files import file_kind
 from vpr_ros.types import MAX_IMAGE_SIDE, PATCH_SIZE
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)

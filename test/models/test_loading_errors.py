@@ -437,7 +437,7 @@ def test_non_finite_weights_are_refused(
 
 def test_non_finite_check_reads_stride_0_tensors_once() -> None:
     """A tiny stored tensor may claim a huge shape through stride 0; checking it must stay cheap."""
-    from vpr_ros.models.loading import check_values
+    from vpr_ros.io.checkpoints import check_values
 
     check_values({"w": torch.zeros(1).expand(10**12)})
     with pytest.raises(CheckpointError, match=r"w \(NaN\)"):
@@ -525,7 +525,7 @@ def test_pickled_os_system_is_refused_for_safety(tmp_path: Path, tiny_salad_path
     ids=["torch2.1", "torch2.4", "torch2.5-blocked", "builtin", "operand", "build"],
 )
 def test_refused_global_is_recognised_in_every_torch_wording(message: str, name: str | None) -> None:
-    from vpr_ros.models.loading import _refused_global
+    from vpr_ros.io.checkpoints import _refused_global
 
     assert _refused_global(message) == name
 
@@ -567,7 +567,7 @@ def test_torch_save_with_a_newer_pickle_protocol_is_refused_for_safety(
 
 
 def test_random_bytes_are_never_taken_for_a_pickle() -> None:
-    from vpr_ros.pickles import sniff
+    from vpr_ros.io.pickles import sniff
 
     rng = random.Random(5)
     for _ in range(3000):

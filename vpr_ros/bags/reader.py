@@ -42,7 +42,7 @@ from vpr_ros.bags.geodesy import enu_frame, geodetic_to_enu
 from vpr_ros.bags.poses import PoseBuffer, pose_from_msg
 from vpr_ros.errors import BadFrame, BagError, InputError, MissingFileError, VprError
 from vpr_ros.image_msgs import image_to_rgb, stamp_of
-from vpr_ros.io_files import file_kind
+from vpr_ros.io.files import file_kind
 from vpr_ros.types import Pose, Stamped, format_stamp, ns_to_seconds, to_ns
 
 LOG = logging.getLogger(__name__)

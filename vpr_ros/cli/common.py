@@ -17,7 +17,7 @@ import numpy as np
 
 from vpr_ros.cli.arguments import MAX_BATCH, device, image_side, integer
 from vpr_ros.errors import InputError, MissingFileError
-from vpr_ros.io_files import file_kind
+from vpr_ros.io.files import file_kind
 from vpr_ros.types import MAX_IMAGE_SIDE
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from vpr_ros.cli.common import LOG, add_model_args, make_extractor
-from vpr_ros.io_files import output_path, write_atomic
+from vpr_ros.io.files import output_path, write_atomic
 
 
 def cmd_describe(args: argparse.Namespace) -> int:

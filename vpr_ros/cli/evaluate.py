@@ -10,7 +10,7 @@ from vpr_ros.cli.arguments import MAX_K, integer
 from vpr_ros.cli.common import add_model_args, make_extractor
 from vpr_ros.errors import InputError
 from vpr_ros.evaluation.datasets import DATASETS
-from vpr_ros.io_files import file_kind
+from vpr_ros.io.files import file_kind
 
 DEFAULT_CACHE = Path.home() / ".cache" / "vpr_ros" / "descriptors"
 

@@ -33,7 +33,7 @@ from vpr_ros.cli.common import (
     retrieval_tiles,
 )
 from vpr_ros.errors import InputError
-from vpr_ros.io_files import output_path
+from vpr_ros.io.files import output_path
 from vpr_ros.types import format_stamp
 
 if TYPE_CHECKING:

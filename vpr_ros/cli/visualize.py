@@ -16,7 +16,7 @@ import numpy as np
 from vpr_ros.cli.arguments import MAX_INDEX, MAX_K, SIMILARITY, integer
 from vpr_ros.cli.common import CHECKPOINT_SIZE, MAP_SIZE, add_model_args, make_extractor, require_files, retrieval_tiles
 from vpr_ros.errors import InputError
-from vpr_ros.io_files import output_path
+from vpr_ros.io.files import output_path
 from vpr_ros.loop_closure.verification import MIN_MATCH_SIMILARITY
 
 MATCH_SIDE = 640  # longest side of each image in a match plot (aspect ratio kept)
@@ -133,7 +133,7 @@ def cmd_recall(args) -> int:
 
 
 def _checked_out(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """``func`` after ``--out`` is known to be writable (:func:`vpr_ros.io_files.output_path`), before the model
+    """``func`` after ``--out`` is known to be writable (:func:`vpr_ros.io.files.output_path`), before the model
     loads: a folder or a device is refused at once."""
 
     def run(args: argparse.Namespace) -> int:

@@ -28,8 +28,8 @@ Where the names come from:
   truth are the conventions given for this project; ``Nordland_gt.npy`` is written by the
   generator for compatibility but the loader computes the window itself (``nordland_window``).
 
-Object ``.npy`` files (ragged ground truth) are pickles; they are read with a restricted
-unpickler that only rebuilds numpy arrays, so a crafted file cannot run code.
+Object ``.npy`` files (ragged ground truth) are pickles; :func:`vpr_ros.io.npy.read_npy` reads them with a
+restricted unpickler that only rebuilds numpy arrays, so a crafted file cannot run code.
 
 Every loaded set is checked (:func:`check_contents`): references and queries exist, and each
 positive is a database row, so ``-1`` padding or another database's indices cannot produce a
@@ -38,9 +38,6 @@ plausible recall table. Any problem is a :class:`DatasetError` naming the file.
 
 from __future__ import annotations
 
-import io
-import math
-import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from vpr_ros.errors import DatasetError, InputError
-from vpr_ros.pickles import refusal
+from vpr_ros.io.npy import DAMAGED, first_line, read_npy
 
 POS_DIST_THR = 25.0  # metres, Pittsburgh posDistThr and VPR-methods-evaluation default
 NORDLAND_STRIDE = 10  # references are sampled 10x denser than queries
@@ -105,83 +102,6 @@ class DatasetSpec:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-class RefusedPickleError(DatasetError, pickle.UnpicklingError):
-    """An object ``.npy`` that holds Python objects other than numpy arrays, refused unrun for safety.
-
-    Also a ``pickle.UnpicklingError``, so callers that caught the unpickler's own error keep working.
-    """
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickler that can rebuild numpy arrays and nothing else."""
-
-    _ALLOWED = {
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy.core.numeric", "_frombuffer"),
-        ("numpy._core.numeric", "_frombuffer"),
-        ("_codecs", "encode"),
-    }
-
-    def __init__(self, data: bytes, path: Path) -> None:
-        super().__init__(io.BytesIO(data), encoding="latin1")
-        self.path = path
-
-    def find_class(self, module: str, name: str) -> object:
-        if (module, name) not in self._ALLOWED:
-            why = (f"holds Python objects other than numpy arrays ({module}.{name}; object .npy files are pickles "
-                   "that could run code)")
-            raise RefusedPickleError(refusal(self.path, why, "re-save it as plain numpy arrays"))
-        return super().find_class(module, name)
-
-
-# What a damaged .npy makes numpy or the unpickler raise (bad magic or header, short data, pickle
-# opcodes or arguments that do not fit).
-_DAMAGED = (ValueError, EOFError, pickle.UnpicklingError, TypeError, LookupError, AttributeError, OverflowError,
-            MemoryError)
-
-
-def _load_npy(path: Path) -> np.ndarray:
-    """np.load that accepts pickled object arrays only when they hold plain numpy data.
-
-    Any damage is a :class:`DatasetError` naming the file; a header claiming more data than the
-    file holds is refused before numpy allocates it.
-    """
-    try:
-        with path.open("rb") as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-            else:
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-            if not dtype.hasobject:
-                claimed = math.prod(shape) * dtype.itemsize
-                if f.tell() + claimed > path.stat().st_size:
-                    raise DatasetError(f"{path} is truncated: its header claims {shape} {dtype} ({claimed:,} bytes), "
-                                       f"the file holds {path.stat().st_size - f.tell():,}")
-                f.seek(0)
-                return np.load(f, allow_pickle=False)
-            arr = _NumpyOnlyUnpickler(f.read(), path).load()
-    except DatasetError:
-        raise
-    except OSError as exc:
-        raise DatasetError(f"{path} cannot be read: {exc}") from exc
-    except _DAMAGED as exc:
-        raise DatasetError(f"{path} is not a readable .npy file (truncated or corrupt: {_first_line(exc)})") from exc
-    if not isinstance(arr, np.ndarray):
-        raise DatasetError(f"{path}: pickled payload is a {type(arr).__name__}, not a numpy array")
-    return arr
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def _str_list(arr: np.ndarray, source: Path | str) -> list[str]:
@@ -308,8 +228,8 @@ def _read_mat(name: str, root: Path) -> Loaded:
             q_images=["queries_real/" + q for q in cells("qImage")],
             positives=radius_positives(utm_db.T, utm_q.T, thr),  # utm* are stored 2 x N
         )
-    except (*_DAMAGED, NotImplementedError) as exc:  # scipy: bad header, missing field, wrong shapes
-        raise DatasetError(f"{root / mat_rel} is not a readable NetVLAD dbStruct ({_first_line(exc)})") from exc
+    except (*DAMAGED, NotImplementedError) as exc:  # scipy: bad header, missing field, wrong shapes
+        raise DatasetError(f"{root / mat_rel} is not a readable NetVLAD dbStruct ({first_line(exc)})") from exc
     return ds, [root / mat_rel, root / mat_rel, f"the UTM coordinates in {root / mat_rel}"]
 
 
@@ -323,13 +243,13 @@ def _list_folder(root: Path, folder: str) -> list[str]:
 
 def _str_lists(name: str, root: Path, files: Sequence[str]) -> list[list[str]]:
     _require(name, root, files)
-    return [_str_list(_load_npy(root / f), root / f) for f in files]
+    return [_str_list(read_npy(root / f), root / f) for f in files]
 
 
 def _lists_and_gt(name: str, root: Path, files: list[str], note: str = "") -> Loaded:
     """The common layout: reference list, query list, ground-truth array (in that order)."""
     _require(name, root, files, note)
-    db, q, gt = (_load_npy(root / f) for f in files)
+    db, q, gt = (read_npy(root / f) for f in files)
     return (EvalDataset(name, root, _str_list(db, root / files[0]), _str_list(q, root / files[1]),
                         _positives_list(gt, root / files[2])), [root / f for f in files])
 
@@ -344,14 +264,14 @@ def _read_pitts(name: str, root: Path, _window: int) -> Loaded:
 def _read_msls_val(name: str, root: Path, _window: int) -> Loaded:
     files = ["msls_val_dbImages.npy", "msls_val_qImages.npy", "msls_val_qIdx.npy", "msls_val_pIdx.npy"]
     _require(name, root, files)
-    q_all = _str_list(_load_npy(root / files[1]), root / files[1])
-    q_idx = _as_indices(_load_npy(root / files[2]))
+    q_all = _str_list(read_npy(root / files[1]), root / files[1])
+    q_idx = _as_indices(read_npy(root / files[2]))
     if q_idx is None or ((q_idx < 0) | (q_idx >= len(q_all))).any():
         raise DatasetError(f"dataset {name!r}: {root / files[2]} must hold indices into the "
                            f"{len(q_all)} entries of {files[1]} (0..{len(q_all) - 1})")
-    db = _str_list(_load_npy(root / files[0]), root / files[0])
+    db = _str_list(read_npy(root / files[0]), root / files[0])
     ds = EvalDataset(name, root, db, [q_all[i] for i in q_idx],
-                     _positives_list(_load_npy(root / files[3]), root / files[3]))
+                     _positives_list(read_npy(root / files[3]), root / files[3]))
     return ds, [root / files[0], root / files[2], root / files[3]]
 
 

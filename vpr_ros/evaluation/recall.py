@@ -35,7 +35,7 @@ import torch
 from tqdm import tqdm
 
 from vpr_ros.errors import InputError, ModelOutputError
-from vpr_ros.io_files import write_atomic
+from vpr_ros.io.files import write_atomic
 from vpr_ros.preprocess import load_image, preprocess_exact
 
 if TYPE_CHECKING:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from vpr_ros.errors import MapError, MissingFileError, VprError
-from vpr_ros.io_files import file_sha256
+from vpr_ros.io.files import file_sha256, fsync
 
 LOG = logging.getLogger(__name__)
 
@@ -151,14 +151,9 @@ def write_synced(file: Path, data: bytes) -> None:
 
 def fsync_file(file: Path) -> None:
     io_step("fsync", file)
-    with open(file, "rb+") as f:
-        os.fsync(f.fileno())
+    fsync(file)
 
 
 def fsync_dir(folder: Path) -> None:
     io_step("fsync", folder)
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync(folder)

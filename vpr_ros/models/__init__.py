@@ -4,6 +4,7 @@
 keys, builds the architecture from its tensor shapes and loads it strictly.
 """
 
+from vpr_ros.io.checkpoints import read_checkpoint
 from vpr_ros.models.a2gc import A2GC, A2GCConfig
 from vpr_ros.models.boq import BoQ, BoQConfig
 from vpr_ros.models.dinov2 import DINOV2_ARCHS, DinoV2Backbone, DinoV2Config, dinov2_config
@@ -14,7 +15,6 @@ from vpr_ros.models.loading import (
     load_backbone_weights,
     load_model,
     model_family,
-    read_checkpoint,
 )
 from vpr_ros.models.megaloc import MegaLocAggregator, MegaLocConfig
 from vpr_ros.models.registry import MODELS, ModelSpec, create_model, get_spec

@@ -1,7 +1,7 @@
 """Load released SALAD / A²GC / MegaLoc / BoQ checkpoints (and DINOv2 backbone weights) safely
 and strictly.
 
-Files are read by :mod:`~vpr_ros.models.checkpoint_file` (weights only, nothing unpickled). The
+Files are read by :mod:`~vpr_ros.io.checkpoints` (weights only, nothing unpickled). The
 release's backbone prefix (each family names its own) becomes ``backbone.model.*``, the family that
 recognises the keys (:data:`~vpr_ros.models.registry.FAMILIES`) reads its sizes from the tensor
 shapes, and what shapes cannot tell comes from ``config`` (:func:`parse_config`), which may be a
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from vpr_ros.errors import CheckpointError, InputError
-from vpr_ros.models.checkpoint_file import _refused_global, check_values, read_checkpoint, unwrap_state_dict  # noqa: F401
+from vpr_ros.io.checkpoints import read_checkpoint, unwrap_state_dict
 from vpr_ros.models.dinov2 import HEAD_DIM, PATCH_SIZE, DinoV2Config
 from vpr_ros.models.family import AGG_PREFIX, BACKBONE_PREFIX, AggregatorConfig, StateDict, block_count, shape
 from vpr_ros.models.option_checks import BOOL, SIZE, Check, int_range, is_int, one_of

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vpr_ros.errors import InputError
-from vpr_ros.io_files import output_path
+from vpr_ros.io.files import output_path
 from vpr_ros.models.onnx_model import INPUT, OUTPUTS, OnnxInfo, OnnxModel
 from vpr_ros.models.vpr_model import VPRModel
 from vpr_ros.preprocess import check_image_size, preprocess_exact

@@ -62,18 +62,22 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     try:
         yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        fsync(tmp)
         output_path(target)  # again: the target may have changed while the file was written
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
     with contextlib.suppress(OSError):  # the rename itself on disk; not every file system can
-        fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync(target.parent)
+
+
+def fsync(path: str | os.PathLike) -> None:
+    """Flush a file's or a folder's content (a folder's: the names in it, after a rename) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], object] | bytes) -> Path:

@@ -11,20 +11,22 @@ import struct
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from vpr_ros.errors import CheckpointError, MissingFileError
-from vpr_ros.io_files import file_sha256
-from vpr_ros.models.family import AGG_PREFIX, BACKBONE_PREFIX, StateDict
-from vpr_ros.pickles import WEIGHTS_ONLY_PROTOCOLS, refusal, sniff
+from vpr_ros.io.files import file_sha256
+from vpr_ros.io.pickles import WEIGHTS_ONLY_PROTOCOLS, refusal, sniff
 
 ZIP_MAGIC = b"PK\x03\x04"
 PICKLE_HEAD = 1 << 16  # bytes of a pickle read to tell its protocol and first objects
 RESAVE = ("save only the state dict with torch.save (its default protocol) or as .safetensors, from code you "
           "trust")
 SAFETENSORS_SUFFIX = ".safetensors"
+
+if TYPE_CHECKING:
+    from vpr_ros.models.family import StateDict
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[StateDict, str]:
@@ -169,6 +171,8 @@ def unwrap_state_dict(obj: Any, name: str = "checkpoint") -> StateDict:
     The training LightningModule holds its ``VPRModel`` as ``self.model``, so its checkpoints key
     the weights ``model.backbone.model.*`` / ``model.aggregator.*``; that ``model.`` is dropped.
     """
+    from vpr_ros.models.family import AGG_PREFIX, BACKBONE_PREFIX  # here: the models package imports this module
+
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not obj:
