@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vpr_ros.bags.reader import UNDECODABLE, ReadStats, check_bag, read_frames
+from vpr_ros.bags.bag_files import check_bag
+from vpr_ros.bags.reader import UNDECODABLE, ReadStats, read_frames
 from vpr_ros.bags.writer import write_bag
 from vpr_ros.cli import main
 from vpr_ros.errors import BagError

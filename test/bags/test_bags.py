@@ -13,17 +13,12 @@ import pytest
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
+from vpr_ros.bags.bag_files import check_bag, list_topics
 from vpr_ros.bags.geodesy import enu_origin_of, geodetic_to_enu
-from vpr_ros.bags.reader import (
-    BagError,
-    ReadAhead,
-    ReadStats,
-    check_bag,
-    frame_at,
-    list_topics,
-    read_frames,
-)
+from vpr_ros.bags.read_ahead import ReadAhead
+from vpr_ros.bags.reader import ReadStats, frame_at, read_frames
 from vpr_ros.bags.writer import write_bag
+from vpr_ros.errors import BagError
 from vpr_ros.preprocess import load_image
 
 SCENES = Path(__file__).resolve().parents[2] / "vpr_ros" / "synth" / "data" / "scenes"

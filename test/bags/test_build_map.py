@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from vpr_ros.bags.mapping import build_map
-from vpr_ros.bags.reader import BagError, read_frames
+from vpr_ros.bags.reader import read_frames
 from vpr_ros.bags.writer import write_bag
 from vpr_ros.cli import main
-from vpr_ros.errors import MapError, ModelMismatchError
+from vpr_ros.errors import BagError, MapError, ModelMismatchError
 from vpr_ros.extractor import DescriptorExtractor
 from vpr_ros.maps.place_map import PlaceMap
 from vpr_ros.models import load_model

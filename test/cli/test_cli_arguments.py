@@ -269,7 +269,7 @@ def test_map_info_escapes_surrogates_and_control_characters(tmp_path: Path, caps
 def test_player_refuses_a_bag_with_nothing_it_can_publish(tmp_path: Path, capsys) -> None:
     from rosbags.rosbag2 import StoragePlugin, Writer
 
-    from vpr_ros.bags.reader import typestore
+    from vpr_ros.bags.bag_files import typestore
     from vpr_ros.ros.player import main as play
 
     ts, msgtype = typestore("mcap"), "tf2_msgs/msg/TFMessage"

@@ -1,6 +1,6 @@
 """Offline place maps from rosbags: decode, pick keyframes, describe in batches, save a PlaceMap.
 
-A background thread reads and decodes frames ahead (:class:`vpr_ros.bags.reader.ReadAhead`) while the
+A background thread reads and decodes frames ahead (:class:`vpr_ros.bags.read_ahead.ReadAhead`) while the
 model describes the previous batch, so inference stays the bottleneck. Keyframes are chosen in
 two steps by :class:`vpr_ros.maps.keyframes.KeyframeSelector` (the live node's gate too):
 time/distance subsampling before inference, descriptor novelty after it.
@@ -10,7 +10,7 @@ Places are keyed by the image ``header.stamp`` and carry the interpolated pose w
 is held from opening the map to saving it, so a second writer is refused instead of one of the two
 losing its places.
 Bags are read one after another; if one turns out damaged half-way, the places added so far are
-saved (atomically, so the earlier map is never lost) and :class:`vpr_ros.bags.reader.BagError` is
+saved (atomically, so the earlier map is never lost) and :class:`vpr_ros.errors.BagError` is
 raised with the summary attached.
 """
 
@@ -25,8 +25,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from vpr_ros.bags.reader import BagError, Frame, ReadAhead, ReadStats, check_bag, read_frames, recording_start
-from vpr_ros.errors import InputError, VprError
+from vpr_ros.bags.bag_files import check_bag, recording_start
+from vpr_ros.bags.read_ahead import ReadAhead
+from vpr_ros.bags.reader import Frame, ReadStats, read_frames
+from vpr_ros.errors import BagError, InputError, VprError
 from vpr_ros.extractor import DescriptorExtractor
 from vpr_ros.maps.keyframes import KeyframeSelector
 from vpr_ros.maps.locking import lock_map

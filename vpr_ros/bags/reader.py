@@ -10,7 +10,8 @@ in stamp order.
 Poses come from ``nav_msgs/Odometry``, ``geometry_msgs/PoseStamped``,
 ``geometry_msgs/PoseWithCovarianceStamped`` or ``sensor_msgs/NavSatFix`` (converted to metres in a
 local east-north-up frame around an origin fix, :mod:`vpr_ros.bags.geodesy`) and are interpolated at
-the image stamps by :class:`vpr_ros.bags.poses.PoseBuffer`. Bags to test with: :mod:`vpr_ros.bags.writer`.
+the image stamps by :class:`vpr_ros.bags.poses.PoseBuffer`. Opening and checking a bag: :mod:`vpr_ros.bags.bag_files`;
+bags to test with: :mod:`vpr_ros.bags.writer`.
 """
 
 from __future__ import annotations
@@ -19,84 +20,26 @@ import heapq
 import logging
 import math
 import os
-import queue
-import sqlite3
-import struct
-import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from rosbags.highlevel import AnyReader, AnyReaderError
-from rosbags.rosbag1 import ReaderError as Rosbag1ReaderError
-from rosbags.rosbag2 import ReaderError as Rosbag2ReaderError
-from rosbags.serde import SerdeError
-from rosbags.typesys import Stores, TypesysError, get_typestore
-from rosbags.typesys.store import Typestore
+from rosbags.highlevel import AnyReader
 
+from vpr_ros.bags.bag_files import IMAGE_MSGTYPES, POSE_MSGTYPES, READ_ERRORS, connections, describe_error, open_bag
 from vpr_ros.bags.geodesy import enu_frame, geodetic_to_enu
 from vpr_ros.bags.poses import PoseBuffer, pose_from_msg
-from vpr_ros.errors import BadFrame, BagError, InputError, MissingFileError, VprError
+from vpr_ros.errors import BadFrame, BagError, VprError
 from vpr_ros.image_msgs import image_to_rgb, stamp_of
-from vpr_ros.io.files import file_kind
 from vpr_ros.types import Pose, Stamped, format_stamp, ns_to_seconds, to_ns
 
 LOG = logging.getLogger(__name__)
 
-try:  # rosbags reads sqlite3 bags through apsw when it is installed
-    import apsw
-
-    _APSW_ERRORS: tuple[type[BaseException], ...] = (apsw.Error,)
-except ImportError:
-    _APSW_ERRORS = ()
-
-Storage = Literal["mcap", "sqlite3", "ros1"]
-ImageFormat = Literal["raw", "jpeg", "png"]
-PoseType = Literal["odometry", "pose_stamped", "pose_cov", "navsatfix"]
-
-IMAGE = "sensor_msgs/msg/Image"
-COMPRESSED = "sensor_msgs/msg/CompressedImage"
-NAVSATFIX = "sensor_msgs/msg/NavSatFix"
-POSE_MSGTYPES = {
-    "odometry": "nav_msgs/msg/Odometry",
-    "pose_stamped": "geometry_msgs/msg/PoseStamped",
-    "pose_cov": "geometry_msgs/msg/PoseWithCovarianceStamped",
-    "navsatfix": NAVSATFIX,
-}
-IMAGE_MSGTYPES = frozenset({IMAGE, COMPRESSED})
-STORAGES: tuple[str, ...] = ("mcap", "sqlite3", "ros1")
-RAW_ENCODINGS: tuple[str, ...] = ("rgb8", "bgr8", "mono8", "mono16")
-
-# What rosbags' backends raise on a damaged or truncated bag (found by corrupting and truncating bags
-# of each storage): reported as a damaged bag naming the file. Anything else is a bug and propagates.
-_READ_ERRORS: tuple[type[BaseException], ...] = (
-    AnyReaderError, Rosbag1ReaderError, Rosbag2ReaderError, SerdeError, TypesysError, sqlite3.DatabaseError,
-    struct.error, OverflowError, AssertionError, EOFError, KeyError, IndexError, TypeError, ValueError, OSError,
-    *_APSW_ERRORS,
-)
-
 UNDECODABLE = "undecodable message"  # a bad-frame reason: the message itself does not deserialize
 REORDER_FRAMES = 16  # image messages held back to emit them in header.stamp order
-
-
-@cache
-def typestore(storage: str) -> Typestore:
-    """Message types of ROS 1 (Noetic) or ROS 2 (Kilted) bags."""
-    return get_typestore(Stores.ROS1_NOETIC if storage == "ros1" else Stores.ROS2_KILTED)
-
-
-# -- reading -----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TopicSummary:
-    name: str
-    msgtype: str
-    count: int
 
 
 @dataclass
@@ -125,116 +68,6 @@ class ReadStats:
         return sum(self.bad.values())
 
 
-def _describe_error(path: Path, exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return f"{path}: cannot read the bag, it is damaged or truncated ({type(exc).__name__}: {text})"
-
-
-# The first bytes of each storage's files: a file without them is no bag at all, not a damaged one.
-_MAGIC = {".bag": (b"#ROSBAG V2.0\n", "ROS 1 bag"), ".mcap": (b"\x89MCAP0\r\n", "MCAP file"),
-          ".db3": (b"SQLite format 3\x00", "SQLite database")}
-_BAG_KINDS = "a ROS 1 .bag file, a ROS 2 bag folder (with metadata.yaml) or an .mcap / .db3 file"
-
-
-def _not_a_bag(path: Path) -> str | None:
-    """Why ``path`` is no bag at all (a folder without metadata.yaml, a FIFO, another kind of file), or None."""
-    if path.is_dir():
-        if (path / "metadata.yaml").is_file():
-            return None
-        inside = sorted(p.name for p in path.iterdir() if p.suffix in (".mcap", ".db3"))[:3]
-        hint = f"; it holds {', '.join(inside)}: pass that file" if inside else ""
-        return f"a folder without metadata.yaml{hint} (expected {_BAG_KINDS})"
-    if not path.is_file():  # a FIFO would block the read forever
-        return f"it is {file_kind(path.stat().st_mode)} (expected {_BAG_KINDS})"
-    if path.suffix not in _MAGIC:
-        return f"no bag file name ends in {path.suffix or 'nothing'!r} (expected {_BAG_KINDS})"
-    magic, kind = _MAGIC[path.suffix]
-    with path.open("rb") as f:
-        head = f.read(len(magic))
-    if not head:
-        return "the file is empty (0 bytes)"
-    if head != magic:
-        return f"it does not start like a {kind} (first bytes {head!r})"
-    return None
-
-
-def open_bag(path: str | os.PathLike) -> AnyReader:
-    """An open AnyReader for one bag (``.bag`` file, ROS 2 folder, ``.mcap`` or ``.db3`` file).
-
-    Raises FileNotFoundError for a missing path and :class:`BagError`, naming the file, for one
-    that is not a readable bag. The caller closes the reader.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise MissingFileError(f"no bag at {path}")
-    if (why := _not_a_bag(path)) is not None:
-        raise BagError(f"{path} is not a bag: {why}")
-    try:
-        reader = AnyReader([path], default_typestore=typestore("ros1" if path.suffix == ".bag" else "mcap"))
-        reader.open()
-    except _READ_ERRORS as exc:
-        raise BagError(_describe_error(path, exc)) from exc
-    return reader
-
-
-def list_topics(path: str | os.PathLike) -> list[TopicSummary]:
-    """Topics of a bag with their message type and count, sorted by name."""
-    reader = open_bag(path)
-    try:
-        return _topics(reader)
-    finally:
-        reader.close()
-
-
-def _topics(reader: AnyReader) -> list[TopicSummary]:
-    return [TopicSummary(name, info.msgtype or "?", info.msgcount) for name, info in sorted(reader.topics.items())]
-
-
-def format_topics(topics: Sequence[TopicSummary]) -> str:
-    return "\n".join(f"  {t.name}  [{t.msgtype}]  {t.count} messages" for t in topics) or "  (no topics)"
-
-
-def _connections(reader: AnyReader, path: Path, topic: str, accepted: Iterable[str], what: str) -> list:
-    """Connections of ``topic``; a missing topic or wrong type raises BagError listing what the bag has."""
-    accepted = sorted(accepted)
-    conns = [c for c in reader.connections if c.topic == topic]
-    if not conns:
-        raise BagError(f"{path} has no {what} topic {topic!r}; its topics are:\n{format_topics(_topics(reader))}")
-    wrong = sorted({c.msgtype for c in conns} - set(accepted))
-    if wrong:
-        raise BagError(f"{path}: topic {topic!r} carries {', '.join(wrong)}; a {what} topic must carry "
-                       f"{' or '.join(accepted)}")
-    return conns
-
-
-def check_bag(path: str | os.PathLike, image_topic: str, pose_topic: str | None = None) -> int:
-    """Check that a bag opens and has the topics with usable types; returns its image message count.
-
-    Cheap (reads only the index), so a command can refuse bad input before loading a model.
-    """
-    path = Path(path)
-    reader = open_bag(path)
-    try:
-        conns = _connections(reader, path, image_topic, IMAGE_MSGTYPES, "image")
-        if pose_topic:
-            _connections(reader, path, pose_topic, POSE_MSGTYPES.values(), "pose")
-        return sum(c.msgcount for c in conns)
-    finally:
-        reader.close()
-
-
-def recording_start(paths: Sequence[str | os.PathLike]) -> int:
-    """Receive time (ns) of the earliest message in any of ``paths``: time zero of ``start``/``end``."""
-    starts = []
-    for path in paths:
-        reader = open_bag(path)
-        try:
-            starts.append(reader.start_time)
-        finally:
-            reader.close()
-    return min(starts)
-
-
 def _messages(reader: AnyReader, path: Path, conns: list, start: int | None = None, stop: int | None = None,
               skipped: Callable[[], None] | None = None) -> Iterator[tuple[int, Any]]:
     """(receive ns, deserialized message) of ``conns``; a damaged bag raises BagError naming the file.
@@ -246,7 +79,7 @@ def _messages(reader: AnyReader, path: Path, conns: list, start: int | None = No
         for conn, received, raw in reader.messages(connections=conns, start=start, stop=stop):
             try:
                 msg = reader.deserialize(raw, conn.msgtype)
-            except _READ_ERRORS as exc:
+            except READ_ERRORS as exc:
                 if skipped is None:
                     raise
                 LOG.warning("%s: undecodable %s message received at %s skipped: %s", path, conn.topic,
@@ -254,8 +87,8 @@ def _messages(reader: AnyReader, path: Path, conns: list, start: int | None = No
                 skipped()
                 continue
             yield received, msg
-    except _READ_ERRORS as exc:
-        raise BagError(_describe_error(path, exc)) from exc
+    except READ_ERRORS as exc:
+        raise BagError(describe_error(path, exc)) from exc
 
 
 def load_poses(
@@ -276,7 +109,7 @@ def load_poses(
     def rejected() -> None:
         stats.pose_rejected += 1
 
-    conns = _connections(reader, path, topic, POSE_MSGTYPES.values(), "pose")
+    conns = connections(reader, path, topic, POSE_MSGTYPES.values(), "pose")
     for _, msg in _messages(reader, path, conns, skipped=rejected):
         try:
             if hasattr(msg, "latitude"):
@@ -362,7 +195,7 @@ def read_frames(
     stats = stats if stats is not None else ReadStats()
     reader = open_bag(path)
     try:
-        conns = _connections(reader, path, image_topic, IMAGE_MSGTYPES, "image")
+        conns = connections(reader, path, image_topic, IMAGE_MSGTYPES, "image")
         poses = None
         if pose_topic:
             poses, enu_origin = load_poses(reader, path, pose_topic, max_pose_gap, enu_origin, stats)
@@ -409,7 +242,7 @@ def frame_at(path: str | os.PathLike, image_topic: str, stamp: tuple[int, int],
     window = int(window_s * 1e9)
     reader = open_bag(path)
     try:
-        conns = _connections(reader, path, image_topic, IMAGE_MSGTYPES, "image")
+        conns = connections(reader, path, image_topic, IMAGE_MSGTYPES, "image")
         for lo, hi in ((target - window, target + window), (None, None)):
             for _, msg in _messages(reader, path, conns, lo, hi, skipped=lambda: None):
                 if _stamp_ns(msg) == target:
@@ -439,68 +272,3 @@ def place_image(place: Any, moved_bags: Mapping[str, Path] | None = None) -> np.
     except (VprError, OSError) as exc:
         LOG.warning("no image for place %d: %s", place.id, str(exc).splitlines()[0])
     return None
-
-
-# -- reading ahead -----------------------------------------------------------------------------------
-
-
-_DONE = object()
-
-
-class ReadAhead:
-    """Runs an iterator in a background thread, ``depth`` items ahead of the consumer.
-
-    Decoding (JPEG, colour conversion, deserialisation) then overlaps with batched inference,
-    which releases the GIL. An exception in the producer is re-raised in the consumer; closing
-    (or leaving the ``with`` block) stops the producer at its next item.
-    """
-
-    def __init__(self, items: Iterable[Any], depth: int = 64) -> None:
-        if depth < 1:
-            raise InputError(f"depth must be >= 1, got {depth}")
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(items,), name="bag-read-ahead", daemon=True)
-        self._thread.start()
-
-    def _put(self, item: Any) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _run(self, items: Iterable[Any]) -> None:
-        try:
-            for item in items:
-                if not self._put((item, None)):
-                    return
-        except BaseException as exc:  # handed to the consumer, raised there
-            self._put((_DONE, exc))
-            return
-        finally:
-            close = getattr(items, "close", None)
-            if close is not None:  # a generator: run its cleanup (closing its bag) in this thread
-                close()
-        self._put((_DONE, None))
-
-    def __iter__(self) -> Iterator[Any]:
-        while True:
-            item, exc = self._queue.get()
-            if item is _DONE:
-                if exc is not None:
-                    raise exc
-                return
-            yield item
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def __enter__(self) -> ReadAhead:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()

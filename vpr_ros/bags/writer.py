@@ -21,7 +21,7 @@ from rosbags.rosbag2 import StoragePlugin
 from rosbags.rosbag2 import Writer as Ros2Writer
 from rosbags.typesys.store import Typestore
 
-from vpr_ros.bags.reader import (
+from vpr_ros.bags.bag_files import (
     COMPRESSED,
     IMAGE,
     NAVSATFIX,

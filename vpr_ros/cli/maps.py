@@ -42,8 +42,9 @@ if TYPE_CHECKING:
 
 def cmd_build_map(args: argparse.Namespace) -> int:
     """Place map from rosbags; the bags and topics are checked before the model loads."""
+    from vpr_ros.bags.bag_files import check_bag
     from vpr_ros.bags.mapping import build_map
-    from vpr_ros.bags.reader import BagError, check_bag
+    from vpr_ros.errors import BagError
     from vpr_ros.maps.index_kinds import IndexKind
 
     IndexKind.parse(args.index)
@@ -175,7 +176,8 @@ def _nearest_frame(bag: Path, topic: str, stamp: float) -> Frame:
 
 def _frames_at(bag: Path, topic: str, indices: Sequence[int]) -> dict[int, Frame]:
     """The ``indices``-th frames of ``topic`` (0-based, header-stamp order), reading no further than needed."""
-    from vpr_ros.bags.reader import check_bag, read_frames
+    from vpr_ros.bags.bag_files import check_bag
+    from vpr_ros.bags.reader import read_frames
 
     count = check_bag(bag, topic)  # the topic and its type, from the index only
     wanted = set(indices)

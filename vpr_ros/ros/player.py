@@ -28,7 +28,7 @@ from rclpy.executors import Executor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
-from vpr_ros.bags.reader import format_topics, list_topics, open_bag, typestore
+from vpr_ros.bags.bag_files import format_topics, list_topics, open_bag, typestore
 from vpr_ros.cli.arguments import number
 from vpr_ros.errors import BagError, VprError
 
