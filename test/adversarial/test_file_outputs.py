@@ -66,7 +66,7 @@ def test_plots_refuse_it(tmp_path: Path, targets: dict[str, Path], kind: str, ca
     assert main(["visualize", "recall", str(results), "--out", str(targets[kind])]) == 2
     assert f"is {kind}, not a regular file" in caplog.text
     assert_intact(targets)
-    from vpr_ros.plotting import load_recall_json, plot_recall
+    from vpr_ros.plotting.recall import load_recall_json, plot_recall
 
     with pytest.raises(InputError, match=kind):
         plot_recall(load_recall_json(results), targets[kind])

@@ -1,4 +1,4 @@
-"""vpr_ros.plotting: MNN matching, line geometry, and every plot writes a readable PNG."""
+"""The vpr_ros.plotting package: MNN matching, line geometry, and every plot writes a readable PNG."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from vpr_ros import plotting as V
 from vpr_ros.cli import visualize
 from vpr_ros.extractor import DescriptorExtractor
 from vpr_ros.maps.place_map import PlaceMap
+from vpr_ros.plotting import DPI, features, matches, recall, resized_rgb, retrieval
+from vpr_ros.plotting.features import plot_heatmaps
+from vpr_ros.plotting.retrieval import RetrievalTile, plot_retrieval
 from vpr_ros.types import ModelIdentity
 
 SCENES = Path(__file__).resolve().parents[2] / "vpr_ros" / "synth" / "data" / "scenes"
@@ -56,7 +58,7 @@ def test_mutual_matches_recovers_permutation():
     a = rng.normal(size=(6, 5, 32)).astype(np.float32)
     perm = rng.permutation(30)
     b = a.reshape(30, 32)[perm].reshape(6, 5, 32) * 3.0  # norm must not matter
-    pairs, scores = V.mutual_matches(a, b, threshold=0.5, top_k=None)
+    pairs, scores = matches.mutual_matches(a, b, threshold=0.5, top_k=None)
     assert len(pairs) == 30
     np.testing.assert_array_equal(perm[pairs[:, 1]], pairs[:, 0])  # b[j] = a[perm[j]]
     np.testing.assert_allclose(scores, 1.0, atol=1e-5)
@@ -66,24 +68,24 @@ def test_mutual_matches_threshold_topk_and_mutuality():
     e = np.eye(4, dtype=np.float32)
     a = np.stack([e[0], e[1], 0.6 * e[2] + 0.8 * e[3], e[3]])[:, None, :]  # [4, 1, 4]
     b = np.stack([e[0], 0.8 * e[1] + 0.6 * e[2], e[2]])  # [3, 4]
-    pairs, scores = V.mutual_matches(a, b, threshold=0.0, top_k=None)
+    pairs, scores = matches.mutual_matches(a, b, threshold=0.0, top_k=None)
     # a0<->b0 (1.0), a1<->b1 (0.8), a2<->b2 (0.6); a3's best is b2 but b2 prefers a2: not mutual
     assert pairs.tolist() == [[0, 0], [1, 1], [2, 2]]
     np.testing.assert_allclose(scores, [1.0, 0.8, 0.6], atol=1e-6)
     assert np.all(np.diff(scores) <= 0)
-    pairs, scores = V.mutual_matches(a, b, threshold=0.7, top_k=None)
+    pairs, scores = matches.mutual_matches(a, b, threshold=0.7, top_k=None)
     assert pairs.tolist() == [[0, 0], [1, 1]] and scores.min() >= 0.7
-    pairs, _ = V.mutual_matches(a, b, threshold=0.0, top_k=1)
+    pairs, _ = matches.mutual_matches(a, b, threshold=0.0, top_k=1)
     assert pairs.tolist() == [[0, 0]]
-    assert V.mutual_matches(a, b[:0], 0.0, 5)[0].shape == (0, 2)
+    assert matches.mutual_matches(a, b[:0], 0.0, 5)[0].shape == (0, 2)
 
 
 def test_patch_centres_and_line_ends_land_in_the_right_image():
     # patch 7 on a 3x4 grid = row 1, col 3; image 42x56 -> 14 px patches
-    np.testing.assert_allclose(V.patch_centres([7], (3, 4), (42, 56)), [[3.5 * 14, 1.5 * 14]])
+    np.testing.assert_allclose(matches.patch_centres([7], (3, 4), (42, 56)), [[3.5 * 14, 1.5 * 14]])
     grid_a, grid_b, size_a, size_b = (16, 16), (12, 20), (224, 224), (168, 280)
     pairs = np.array([[i, j] for i in (0, 15, 255, 100) for j in (0, 19, 239, 125)])
-    pa, pb = V.match_endpoints(pairs, grid_a, grid_b, size_a, size_b, gap=10)
+    pa, pb = matches.match_endpoints(pairs, grid_a, grid_b, size_a, size_b, gap=10)
     assert np.all((pa >= 0) & (pa < [224, 224]))
     x0 = 224 + 10
     assert np.all((pb[:, 0] > x0) & (pb[:, 0] < x0 + 280) & (pb[:, 1] > 0) & (pb[:, 1] < 168))
@@ -96,13 +98,13 @@ def test_patch_centres_and_line_ends_land_in_the_right_image():
 
 def test_plot_matches(salad_ext, tmp_path):
     ta, tb = _tokens(salad_ext, "graf1.jpg"), _tokens(salad_ext, "graf3.jpg")
-    pairs, scores = V.mutual_matches(ta, tb, threshold=0.0, top_k=50)
+    pairs, scores = matches.mutual_matches(ta, tb, threshold=0.0, top_k=50)
     assert 0 < len(pairs) <= 50
-    ia, ib = V.resized_rgb(SCENES / "graf1.jpg", SIZE), V.resized_rgb(SCENES / "graf3.jpg", SIZE)
-    out = V.plot_matches(ia, ib, pairs, scores, ta.shape[:2], tb.shape[:2], tmp_path / "m.png", "t", 0.0)
+    ia, ib = resized_rgb(SCENES / "graf1.jpg", SIZE), resized_rgb(SCENES / "graf3.jpg", SIZE)
+    out = matches.plot_matches(ia, ib, pairs, scores, ta.shape[:2], tb.shape[:2], tmp_path / "m.png", "t", 0.0)
     px = _png(out)
     assert px.shape[1] == 1100 and 450 < px.shape[0] < 800
-    out2 = V.plot_matches(ia, ia, pairs[:3], scores[:3], ta.shape[:2], ta.shape[:2], tmp_path / "m2.png")
+    out2 = matches.plot_matches(ia, ia, pairs[:3], scores[:3], ta.shape[:2], ta.shape[:2], tmp_path / "m2.png")
     assert not np.array_equal(px, _png(out2)) and not list(tmp_path.glob(".*tmp*"))
 
 
@@ -114,11 +116,11 @@ def test_plot_assignment(which, request, tmp_path):
         _, tokens, fmap = visualize._patch_features(ext, SCENES / name)
         with torch.inference_mode():
             log_plan = ext.model.aggregator.log_assignment(fmap)[0].numpy()
-        clusters, dustbin = V.assignment_maps(log_plan, tokens.shape[:2])
+        clusters, dustbin = features.assignment_maps(log_plan, tokens.shape[:2])
         m = log_plan.shape[0] - 1
         assert clusters.shape == (16, 16) and clusters.min() >= 0 and clusters.max() < m
         assert np.all((dustbin >= 0) & (dustbin <= 1 + 1e-6))
-        out = V.plot_assignment(V.resized_rgb(SCENES / name, SIZE), clusters, dustbin, m, tmp_path / f"{name}.png")
+        out = features.plot_assignment(resized_rgb(SCENES / name, SIZE), clusters, dustbin, m, tmp_path / f"{name}.png")
         images.append(_png(out))
     assert images[0].shape == (520, 1100, 3)
     assert not np.array_equal(*images)
@@ -127,32 +129,32 @@ def test_plot_assignment(which, request, tmp_path):
 def test_plot_heatmaps(salad_ext, tmp_path):
     images = []
     for name in ("messi5.jpg", "sudoku.jpg"):
-        out = V.plot_heatmaps(V.resized_rgb(SCENES / name, SIZE), _tokens(salad_ext, name), tmp_path / f"{name}.png")
+        out = plot_heatmaps(resized_rgb(SCENES / name, SIZE), _tokens(salad_ext, name), tmp_path / f"{name}.png")
         images.append(_png(out))
     assert images[0].shape == (840, 920, 3)
     assert not np.array_equal(*images)
     tokens = _tokens(salad_ext, "messi5.jpg")
-    assert [n for n, _ in V.feature_maps(tokens, 3)][:3] == ["channel mean", "channel max", "L2 norm per patch"]
-    assert len(V.feature_maps(tokens, 3)) == 6
-    wide = _png(V.plot_heatmaps(V.resized_rgb(SCENES / "messi5.jpg", SIZE), tokens, tmp_path / "w.png", channels=3))
+    assert [n for n, _ in features.feature_maps(tokens, 3)][:3] == ["channel mean", "channel max", "L2 norm per patch"]
+    assert len(features.feature_maps(tokens, 3)) == 6
+    wide = _png(plot_heatmaps(resized_rgb(SCENES / "messi5.jpg", SIZE), tokens, tmp_path / "w.png", channels=3))
     assert wide.shape[1] > images[0].shape[1]
 
 
 def test_plot_retrieval_and_recall(tmp_path):
     q = np.asarray(Image.open(SCENES / "aloeL.jpg").convert("RGB"))
-    tiles = [V.RetrievalTile(V.thumbnail(SCENES / "aloeR.jpg"), "id 1", 0.9, True),
-             V.RetrievalTile(None, "id 7", 0.5, False)]
-    a = _png(V.plot_retrieval(q, tiles, tmp_path / "r.png"))
-    b = _png(V.plot_retrieval(q, [V.RetrievalTile(t.image, t.label, t.score) for t in tiles], tmp_path / "r2.png"))
+    tiles = [RetrievalTile(retrieval.thumbnail(SCENES / "aloeR.jpg"), "id 1", 0.9, True),
+             RetrievalTile(None, "id 7", 0.5, False)]
+    a = _png(plot_retrieval(q, tiles, tmp_path / "r.png"))
+    b = _png(plot_retrieval(q, [RetrievalTile(t.image, t.label, t.score) for t in tiles], tmp_path / "r2.png"))
     assert a.shape == b.shape and a.shape[1] == 840 and not np.array_equal(a, b)
     green = np.all(np.abs(a.astype(int) - [44, 160, 44]) < 6, axis=-1).sum()  # tab:green border
     assert green > 500 and np.all(np.abs(b.astype(int) - [44, 160, 44]) < 6, axis=-1).sum() < green / 10
-    r = _png(V.plot_recall({"x": {1: 0.5, 5: 0.7, 10: 0.8}, "y": {"1": 60, "5": 80}}, tmp_path / "rc.png"))
+    r = _png(recall.plot_recall({"x": {1: 0.5, 5: 0.7, 10: 0.8}, "y": {"1": 60, "5": 80}}, tmp_path / "rc.png"))
     assert r.shape == (480, 900, 3)
-    r2 = _png(V.plot_recall({"x": {1: 0.9, 5: 0.95}}, tmp_path / "rc2.png"))
+    r2 = _png(recall.plot_recall({"x": {1: 0.9, 5: 0.95}}, tmp_path / "rc2.png"))
     assert not np.array_equal(r, r2)
     with pytest.raises(ValueError):
-        V.plot_recall({}, tmp_path / "none.png")
+        recall.plot_recall({}, tmp_path / "none.png")
 
 
 # -- CLI --------------------------------------------------------------------------------------------
@@ -204,9 +206,9 @@ def test_retrieval_figure_fits_its_images(tmp_path):
     """Landscape frames make a short figure with no empty band; portrait ones a taller one."""
     wide = np.asarray(Image.open(SCENES / "building.jpg").convert("RGB").resize((320, 180)))
     tall = np.ascontiguousarray(wide.transpose(1, 0, 2))
-    tiles = [V.RetrievalTile(wide, "id 1 t=5.000\nx 1.0 y 2.0 yaw 90°", 0.9), V.RetrievalTile(None, "id 2", 0.5)]
-    short = _png(V.plot_retrieval(wide, tiles, tmp_path / "w.png"))
-    high = _png(V.plot_retrieval(tall, [V.RetrievalTile(tall, "id 1", 0.9)], tmp_path / "t.png"))
+    tiles = [RetrievalTile(wide, "id 1 t=5.000\nx 1.0 y 2.0 yaw 90°", 0.9), RetrievalTile(None, "id 2", 0.5)]
+    short = _png(plot_retrieval(wide, tiles, tmp_path / "w.png"))
+    high = _png(plot_retrieval(tall, [RetrievalTile(tall, "id 1", 0.9)], tmp_path / "t.png"))
     assert short.shape[0] < 0.4 * short.shape[1] and high.shape[0] > short.shape[0] * 1.5
     assert _blank_rows_below(short) < 0.1 * short.shape[0] and _blank_rows_below(high) < 0.1 * high.shape[0]
 
@@ -216,19 +218,19 @@ def test_recall_curves_that_coincide_are_drawn_once_in_their_datasets_colour(tmp
     results = {f"d{i}": same if i % 2 else other for i in range(6)}
     results |= {f"d{i} (fp16)": results[f"d{i}"] for i in range(6)}
     results["d0 (pca256)"] = {1: 0.2, 5: 0.7}
-    groups = V._recall_groups({k: sorted(v.items()) for k, v in results.items()})
-    names = [V._group_name(labels) for _, labels in groups]
+    groups = recall._recall_groups({k: sorted(v.items()) for k, v in results.items()})
+    names = [recall._group_name(labels) for _, labels in groups]
     assert names == ["d0 (exact = fp16)\n= d2 (exact = fp16)\n= d4 (exact = fp16)",
                      "d1 (exact = fp16)\n= d3 (exact = fp16)\n= d5 (exact = fp16)", "d0 (pca256)"]
-    assert V._group_name(["msls_val", "msls_val (fp16)"]) == "msls_val (exact = fp16)"
-    pixels = _png(V.plot_recall(results, tmp_path / "r.png"))
-    axes_right = 9 * V.DPI * 0.6  # the legend stands to the right of the curves
+    assert recall._group_name(["msls_val", "msls_val (fp16)"]) == "msls_val (exact = fp16)"
+    pixels = _png(recall.plot_recall(results, tmp_path / "r.png"))
+    axes_right = 9 * DPI * 0.6  # the legend stands to the right of the curves
     assert (pixels[:, int(axes_right):] < 250).any()
 
 
 def test_recall_plot_reads_eval_results(tmp_path: Path) -> None:
     """The results.json that `vpr-ros eval` writes plots directly."""
-    from vpr_ros.plotting import load_recall_json
+    from vpr_ros.plotting.recall import load_recall_json
 
     results = {"meta": {}, "results": [
         {"dataset": "sped", "recalls": {"1": 0.5, "5": 0.9}, "index_kind": "fp16",
@@ -246,7 +248,7 @@ def test_cli_matches_keep_the_aspect_ratio_and_the_verification_threshold(tiny_s
     from vpr_ros.loop_closure.verification import MIN_MATCH_SIMILARITY, verify
 
     assert inspect.signature(verify).parameters["min_similarity"].default == MIN_MATCH_SIMILARITY
-    assert inspect.signature(V.mutual_matches).parameters["threshold"].default == MIN_MATCH_SIMILARITY
+    assert inspect.signature(matches.mutual_matches).parameters["threshold"].default == MIN_MATCH_SIMILARITY
     model = ["--checkpoint", str(tiny_salad_path), "--config", str(salad_golden_dir / "config.json"),
              "--image-size", "224", "224", "--device", "cpu"]
     parser = _parser()

@@ -230,7 +230,7 @@ def test_describe_build_map_query_and_attention_through_the_cli(model: VPRModel,
 
 
 def test_query_attention_maps_follow_the_patch_grid(model: VPRModel) -> None:
-    from vpr_ros.attention_maps import most_focused, query_attention
+    from vpr_ros.plotting.attention import most_focused, query_attention
 
     fmap = torch.randn(1, 128, 3, 5, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

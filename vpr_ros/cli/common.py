@@ -23,7 +23,7 @@ from vpr_ros.types import MAX_IMAGE_SIDE
 if TYPE_CHECKING:
     from vpr_ros.extractor import DescriptorExtractor
     from vpr_ros.maps.place_map import PlaceMap
-    from vpr_ros.plotting import RetrievalTile
+    from vpr_ros.plotting.retrieval import RetrievalTile
     from vpr_ros.types import Pose
 
 LOG = logging.getLogger("vpr_ros")
@@ -100,7 +100,7 @@ def retrieval_tiles(pm: PlaceMap, scores: np.ndarray, ids: np.ndarray, bags: Seq
     they moved (matched by file name). Captions: id, stamp in seconds (ms) and, when known, pose.
     """
     from vpr_ros.bags.reader import place_image
-    from vpr_ros.plotting import RetrievalTile, thumbnail
+    from vpr_ros.plotting.retrieval import RetrievalTile, thumbnail
 
     moved = {Path(b).name: Path(b) for b in bags}
     tiles = []

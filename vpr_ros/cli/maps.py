@@ -240,7 +240,7 @@ def cmd_query(args: argparse.Namespace) -> int:
             print(f"  #{rank} id {place.id}  score {score:.4f}  stamp {format_stamp(place.stamp_ns)}  "
                   f"{pose_text(place.pose)}")
         if args.montage:
-            from vpr_ros.plotting import plot_retrieval, thumbnail
+            from vpr_ros.plotting.retrieval import plot_retrieval, thumbnail
 
             tiles = retrieval_tiles(pm, scores[qi], ids[qi], args.bag or [])
             out = plot_retrieval(thumbnail(rgb, 512), tiles, _montage_path(args.montage, qi, len(queries)),

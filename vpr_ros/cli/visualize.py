@@ -1,8 +1,8 @@
 """``vpr-ros visualize {matches,assignment,attention,heatmap,retrieval,recall}``: run the model on image
 files and plot.
 
-The plots themselves are library functions in :mod:`vpr_ros.plotting` (BoQ's query attention in
-:mod:`vpr_ros.attention_maps`).
+The plots themselves are library functions in the :mod:`vpr_ros.plotting` package (BoQ's query
+attention in :mod:`vpr_ros.plotting.attention`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def _patch_features(extractor, image) -> tuple[np.ndarray, np.ndarray, object]:
 def cmd_matches(args) -> int:
     """Matches drawn on the images as they are (aspect ratio kept); the patch grid of the resized
     model input maps onto them proportionally."""
-    from vpr_ros.plotting import mutual_matches, plot_matches, thumbnail
+    from vpr_ros.plotting.matches import mutual_matches, plot_matches
+    from vpr_ros.plotting.retrieval import thumbnail
 
     require_files([args.query, args.ref])
     ext = make_extractor(args)
@@ -62,7 +63,8 @@ def _aggregator_input(args, method: str, missing: str):
 def cmd_assignment(args) -> int:
     import torch
 
-    from vpr_ros.plotting import assignment_maps, plot_assignment, resized_rgb
+    from vpr_ros.plotting import resized_rgb
+    from vpr_ros.plotting.features import assignment_maps, plot_assignment
 
     why = "has no cluster assignment; `vpr-ros visualize attention` shows where its queries look"
     ext, tokens, fmap = _aggregator_input(args, "log_assignment", why)
@@ -76,11 +78,11 @@ def cmd_assignment(args) -> int:
 
 
 def cmd_attention(args) -> int:
-    """BoQ: where each block's learned queries look (:mod:`vpr_ros.attention_maps`)."""
+    """BoQ: where each block's learned queries look (:mod:`vpr_ros.plotting.attention`)."""
     import torch
 
-    from vpr_ros.attention_maps import plot_query_attention, query_attention
     from vpr_ros.plotting import resized_rgb
+    from vpr_ros.plotting.attention import plot_query_attention, query_attention
 
     why = "has no learned queries (BoQ has); `vpr-ros visualize assignment` shows its clusters"
     ext, tokens, fmap = _aggregator_input(args, "forward_with_attention", why)
@@ -94,7 +96,8 @@ def cmd_attention(args) -> int:
 
 
 def cmd_heatmap(args) -> int:
-    from vpr_ros.plotting import plot_heatmaps, resized_rgb
+    from vpr_ros.plotting import resized_rgb
+    from vpr_ros.plotting.features import plot_heatmaps
 
     require_files([args.image])
     ext = make_extractor(args)
@@ -107,7 +110,7 @@ def cmd_heatmap(args) -> int:
 def cmd_retrieval(args) -> int:
     """The query and its top-k places; tiles come through the same reader as ``vpr-ros query --montage``."""
     from vpr_ros.maps.place_map import PlaceMap
-    from vpr_ros.plotting import plot_retrieval, thumbnail
+    from vpr_ros.plotting.retrieval import plot_retrieval, thumbnail
 
     require_files([args.query])
     info = PlaceMap.info(args.map)
@@ -124,7 +127,7 @@ def cmd_retrieval(args) -> int:
 
 
 def cmd_recall(args) -> int:
-    from vpr_ros.plotting import load_recall_json, plot_recall
+    from vpr_ros.plotting.recall import load_recall_json, plot_recall
 
     require_files([args.results], "results")
     plot_recall(load_recall_json(args.results), args.out, args.title)

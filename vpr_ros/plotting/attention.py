@@ -13,14 +13,10 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from vpr_ros.errors import InputError  # noqa: E402
-from vpr_ros.plotting import save_figure  # noqa: E402
+from vpr_ros.errors import InputError
+from vpr_ros.plotting import plt, save_figure
 
 
 def query_attention(maps: Sequence[np.ndarray], grid: tuple[int, int]) -> np.ndarray:
