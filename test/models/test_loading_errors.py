@@ -411,7 +411,7 @@ def test_width_without_64_d_heads_needs_num_heads_in_config() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Values and dtypes that load but cannot work; every torch wording of a refused pickle
+# Values and dtypes that load but cannot work
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
@@ -433,15 +433,6 @@ def test_non_finite_weights_are_refused(
         load_model(source)
     assert all(k in str(info.value) for k in keys)
     assert ("(NaN)" if bad != bad else "(inf)") in str(info.value)
-
-
-def test_non_finite_check_reads_stride_0_tensors_once() -> None:
-    """A tiny stored tensor may claim a huge shape through stride 0; checking it must stay cheap."""
-    from vpr_ros.io.checkpoints import check_values
-
-    check_values({"w": torch.zeros(1).expand(10**12)})
-    with pytest.raises(CheckpointError, match=r"w \(NaN\)"):
-        check_values({"w": torch.full((1,), float("nan")).expand(10**12)})
 
 
 @pytest.mark.parametrize("dtype", [torch.int64, torch.uint8, torch.bool, torch.complex64])
@@ -499,37 +490,6 @@ def test_pickled_os_system_is_refused_for_safety(tmp_path: Path, tiny_salad_path
     assert not marker.exists()
 
 
-@pytest.mark.parametrize(
-    ("message", "name"),
-    [
-        # torch 2.1 - 2.3
-        ("Weights only load failed. Re-running `torch.load` with `weights_only` set to `False` will likely succeed, "
-         "but it can result in arbitrary code execution.Do it only if you get the file from a trusted source. "
-         "WeightsUnpickler error: Unsupported class posix.system", "posix.system"),
-        # torch 2.4 - 2.14, custom class / function
-        ("Weights only load failed. This file can still be loaded, to do so you have two options, \x1b[1mdo those "
-         "steps only if you trust the source of the checkpoint\x1b[0m. \n\tWeightsUnpickler error: Unsupported "
-         "global: GLOBAL __main__.Evil was not an allowed global by default. Please use "
-         "`torch.serialization.add_safe_globals([__main__.Evil])`", "__main__.Evil"),
-        # torch 2.5 - 2.14, blocked module
-        ("Weights only load failed. In PyTorch 2.6, we changed the default value of the `weights_only` argument\n\n\n"
-         "Trying to load unsupported GLOBAL posix.system whose module posix is blocked.\n\nCheck the documentation",
-         "posix.system"),
-        ("Unsupported global: GLOBAL eval was not an allowed global by default.", "eval"),
-        # damaged bytes, not a saved object
-        ("Weights only load failed. ...WeightsUnpickler error: \n\nUnsupported operand 63\n\nCheck the documentation",
-         None),
-        ("Weights only load failed. ... WeightsUnpickler error: Can only build Tensor, Parameter, OrderedDict or "
-         "types allowlisted via `add_safe_globals`, but got <class 'int'>", None),
-    ],
-    ids=["torch2.1", "torch2.4", "torch2.5-blocked", "builtin", "operand", "build"],
-)
-def test_refused_global_is_recognised_in_every_torch_wording(message: str, name: str | None) -> None:
-    from vpr_ros.io.checkpoints import _refused_global
-
-    assert _refused_global(message) == name
-
-
 # ---------------------------------------------------------------------------------------------
 # Pickles of every protocol: refused for safety, never called damaged, never run
 
@@ -564,14 +524,3 @@ def test_torch_save_with_a_newer_pickle_protocol_is_refused_for_safety(
     message = str(info.value)
     assert f"was written with pickle protocol {protocol}, which weights-only loading does not read" in message
     assert "refused for safety" in message and not CORRUPT.search(message)
-
-
-def test_random_bytes_are_never_taken_for_a_pickle() -> None:
-    from vpr_ros.io.pickles import sniff
-
-    rng = random.Random(5)
-    for _ in range(3000):
-        data = rng.randbytes(512)
-        assert sniff(data) is None and sniff(b"\x80" + data[1:]) is None
-    legacy = _save_bytes({"a": torch.zeros(2)}, _use_new_zipfile_serialization=False)
-    assert sniff(legacy).torch_magic and sniff(legacy).protocol == 2
