@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vpr_ros.errors import InputError
-from vpr_ros.io.files import output_path
+from vpr_ros.io.files import atomic_output, output_path
 from vpr_ros.models.onnx_model import INPUT, OUTPUTS, OnnxInfo, OnnxModel
 from vpr_ros.models.vpr_model import VPRModel
 from vpr_ros.preprocess import check_image_size, preprocess_exact
@@ -50,10 +50,7 @@ class ExportGraph(nn.Module):
             self.model.backbone.half()
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feature_map, token = self.model.forward_features(images.half() if self.fp16 else images)
-        feature_map, token = feature_map.float(), token.float()
-        descriptor = F.normalize(self.model.aggregator((feature_map, token)).float(), dim=-1)
-        return descriptor, feature_map
+        return self.model.describe(images.half() if self.fp16 else images)
 
 
 @dataclass(frozen=True)
@@ -111,23 +108,19 @@ def export_onnx(model: VPRModel, image_size: Sequence[int], out: str | os.PathLi
     identity = ModelIdentity.of(model, size)
     info = OnnxInfo(identity, model.cfg.arch, "fp16" if fp16 else "fp32", batch)
     program.model.metadata_props.update(info.metadata())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     weights = sum(p.numel() * p.element_size() for p in graph.parameters())
-    try:
-        if weights >= PROTOBUF_LIMIT:
-            LOG.info("weights of %.1f GB go to %s beside the model", weights / 1e9, out.name + ".data")
-        program.save(tmp, external_data=weights >= PROTOBUF_LIMIT)
-        if verify is not None:
-            verify(tmp)
+    if weights >= PROTOBUF_LIMIT:
+        LOG.info("weights of %.1f GB go to %s beside the model", weights / 1e9, out.name + ".data")
+    with atomic_output(out) as tmp:
         data = tmp.with_name(tmp.name + ".data")
-        if data.exists():
-            _relink_external_data(tmp, data, out)
-        output_path(out)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
-        tmp.with_name(tmp.name + ".data").unlink(missing_ok=True)
+        try:
+            program.save(tmp, external_data=weights >= PROTOBUF_LIMIT)
+            if verify is not None:
+                verify(tmp)
+            if data.exists():
+                _relink_external_data(tmp, data, out)
+        finally:
+            data.unlink(missing_ok=True)
     return info
 
 
