@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from vpr_ros.bags.bag_files import (
     typestore,
 )
 from vpr_ros.errors import InputError
+from vpr_ros.io.files import temporary_beside
 
 
 def _header(ts: Typestore, stamp_ns: int, frame_id: str, seq: int) -> Any:
@@ -140,7 +140,7 @@ def write_bag(
     path = Path(path)
     _check_write_options(path, storage, image_format, encoding, pose_type)
     delay = receive_delay_ns if callable(receive_delay_ns) else (lambda _stamp: int(receive_delay_ns))
-    tmp_dir = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    tmp_dir = temporary_beside(path)
     shutil.rmtree(tmp_dir, ignore_errors=True)
     tmp_dir.mkdir(parents=True)
     try:

@@ -59,7 +59,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot write {path}: {exc.strerror or exc} ({exc.filename or target.parent})") from exc
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    tmp = temporary_beside(target)
     try:
         yield tmp
         fsync(tmp)
@@ -78,6 +78,22 @@ def fsync(path: str | os.PathLike) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def temporary_beside(path: Path) -> Path:
+    """``.<name>.tmp-<pid>-<thread>`` beside ``path``: where this thread writes ``path`` before renaming it."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+
+
+def left_by_dead_process(tmp: Path) -> bool:
+    """Whether the process named in a :func:`temporary_beside` name has ended (what it wrote is left over)."""
+    try:
+        os.kill(int(tmp.name.rsplit(".tmp-", 1)[1].split("-")[0]), 0)
+    except ProcessLookupError:
+        return True
+    except (ValueError, IndexError, OSError):
+        return False
+    return False
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], object] | bytes) -> Path:

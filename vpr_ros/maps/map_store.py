@@ -29,6 +29,7 @@ import numpy as np
 
 from vpr_ros.bags.geodesy import enu_origin_of
 from vpr_ros.errors import CorruptMapError, MapError, MapSaveError
+from vpr_ros.io.files import left_by_dead_process, temporary_beside
 from vpr_ros.maps import storage
 from vpr_ros.maps.index_checks import check_contents
 from vpr_ros.maps.index_kinds import IndexKind, new_index
@@ -78,10 +79,10 @@ def _save(pm: PlaceMap, path: Path) -> None:
     storage.io_step("mkdir", path.parent)
     path.parent.mkdir(parents=True, exist_ok=True)
     with lock_map(path):
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+        tmp = temporary_beside(path)
         shutil.rmtree(tmp, ignore_errors=True)
         for stale in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
-            if storage.left_by_dead_process(stale):  # a save killed part-way
+            if left_by_dead_process(stale):  # a save killed part-way
                 shutil.rmtree(stale, ignore_errors=True)
         storage.io_step("mkdir", tmp)
         tmp.mkdir()

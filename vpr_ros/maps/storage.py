@@ -129,17 +129,6 @@ def file_info(file: Path) -> dict:
     return {"bytes": file.stat().st_size, "sha256": file_sha256(file)}
 
 
-def left_by_dead_process(tmp: Path) -> bool:
-    """Whether the process named in a ``.<name>.tmp-<pid>-<thread>`` folder has ended."""
-    try:
-        os.kill(int(tmp.name.rsplit(".tmp-", 1)[1].split("-")[0]), 0)
-    except ProcessLookupError:
-        return True
-    except (ValueError, IndexError, OSError):
-        return False
-    return False
-
-
 def write_synced(file: Path, data: bytes) -> None:
     io_step("write", file)
     with open(file, "wb") as f:
