@@ -8,9 +8,11 @@ files name the backbone differently and are mapped by ``loading.py``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vpr_ros.models.dinov2 import PATCH_SIZE, DinoV2Backbone, DinoV2Config
@@ -84,6 +86,14 @@ class VPRModel(nn.Module):
         self.check_input(images)
         return self.backbone(self.cfg.aggregator.fit_input(images))
 
+    def describe(self, images: torch.Tensor, backbone: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inference: unit-norm float32 descriptors ``[B, D]`` and the float32 patch map ``[B, C, h, w]``. The
+        aggregator runs in float32 whatever ``backbone`` (:meth:`forward_features`, compiled or under autocast)
+        ran in: its log-domain optimal transport loses most of its precision in 16-bit floats."""
+        feature_map, token = (backbone or self.forward_features)(images)
+        feature_map, token = feature_map.float(), token.float()
+        return F.normalize(self.aggregator((feature_map, token)).float(), dim=-1), feature_map
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Unit-norm float32 descriptors ``[B, D]``."""
+        """Unit-norm float32 descriptors ``[B, D]``; under training's autocast the aggregator runs in it too."""
         return self.aggregator(self.forward_features(images)).float()
