@@ -61,9 +61,6 @@ def main() -> None:
     add_model_args(parser, (224, 224))
     parser.add_argument("--frames", type=int, default=32)
     parser.add_argument("--frame-size", nargs=2, type=int, default=[640, 480], metavar=("W", "H"))
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
 

@@ -6,15 +6,16 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from vpr_ros.cli.common import add_model_args as cli_model_args
 from vpr_ros.extractor import DescriptorExtractor, load_extractor
 from vpr_ros.models import create_model
 
 
 def add_model_args(parser: argparse.ArgumentParser, image_size: Sequence[int]) -> None:
-    parser.add_argument("--checkpoint", help="checkpoint to measure (default: --model with random weights)")
-    parser.add_argument("--config", help="model options JSON (default: the checkpoint's .json, if any)")
+    """The command line's model options, with ``--model`` for random weights when no checkpoint is given."""
+    cli_model_args(parser, " ".join(map(str, image_size)), required=False)
     parser.add_argument("--model", default="dino_salad", help="registry architecture when no --checkpoint")
-    parser.add_argument("--image-size", nargs=2, type=int, default=list(image_size), metavar=("H", "W"))
+    parser.set_defaults(image_size=list(image_size))
 
 
 def make_extractor(args: argparse.Namespace, device: str = "auto", precision: str = "fp32", batch_size: int = 16,

@@ -56,11 +56,11 @@ def run(ext: DescriptorExtractor, x: torch.Tensor, iters: int) -> tuple[float, f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_args(parser, (322, 322))
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 16])
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="also measure with torch.compile")
+    parser.set_defaults(device="cpu")
     args = parser.parse_args()
 
     dev = torch.device(args.device)

@@ -31,10 +31,10 @@ CHECKPOINT_SIZE = "the checkpoint's .json, else 322 322"
 MAP_SIZE = "the map's input size"
 
 
-def add_model_args(parser: argparse.ArgumentParser, size_default: str = CHECKPOINT_SIZE) -> None:
-    """Options shared by every subcommand that runs a model; ``size_default`` says where the input
-    size comes from when ``--image-size`` is not given."""
-    parser.add_argument("--checkpoint", required=True, type=Path,
+def add_model_args(parser: argparse.ArgumentParser, size_default: str = CHECKPOINT_SIZE, required: bool = True) -> None:
+    """Options shared by every command that runs a model (the benchmarks too, where ``--checkpoint`` is
+    optional); ``size_default`` says where the input size comes from when ``--image-size`` is not given."""
+    parser.add_argument("--checkpoint", required=required, type=Path,
                         help="SALAD/A²GC/MegaLoc/BoQ checkpoint (.ckpt/.pt/.pth/.safetensors), or an .onnx export")
     parser.add_argument("--config", type=Path,
                         help="JSON with options the checkpoint's shapes cannot tell (e.g. a reference config.json); "
