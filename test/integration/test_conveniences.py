@@ -1,8 +1,7 @@
-"""One way to build a model, the map as an object, one error hierarchy, and the node's work without ROS."""
+"""One way to build a model, the map as an object, one error hierarchy."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -14,8 +13,6 @@ import pytest
 from vpr_ros.cli import main
 from vpr_ros.errors import CheckpointError, InputError, MapSaveError, ModelMismatchError, VprError
 from vpr_ros.extractor import load_extractor
-from vpr_ros.loop_closure.policy import LoopClosureConfig
-from vpr_ros.loop_closure.recognizer import PlaceRecognizer
 from vpr_ros.maps.place_map import PlaceMap
 from vpr_ros.preprocess import load_image
 from vpr_ros.types import Pose, to_ns
@@ -105,27 +102,3 @@ def test_image_size_mismatch_names_the_maps_size(tmp_path: Path, demo) -> None:
     other = load_extractor(DEMO, image_size=(322, 322), device="cpu")
     with pytest.raises(ModelMismatchError, match=r"built by this checkpoint .* at input size 112x112"):
         PlaceMap.load(tmp_path / "m", other.identity)
-
-
-def test_recognizer_does_the_nodes_work_without_ros(demo) -> None:
-    """slam mode: each frame is queried, then added with its odometry pose; a revisit closes a loop."""
-    photos = [load_image(SCENES / n) for n in ("building.jpg", "graf1.jpg", "home.jpg", "fruits.jpg")]
-    pm = PlaceMap.create(demo.descriptor_dim, model_id=demo.identity)
-    config = LoopClosureConfig(threshold=0.9, exclude_seconds=5.0, exclude_last=0, consistency_k=1)
-    rec = PlaceRecognizer(demo, pm, config, "slam", min_period=0.5)
-    for t in np.arange(0.0, 60.0, 0.5):
-        rec.poses.add(float(t), np.array([t, 0.0, 0.0]), np.array([0.0, 0.0, 0.0, 1.0]), "odom")
-    outcomes = []
-    for i, t in enumerate([0.0, 0.2, 10.0, 20.0, 30.0, 40.0]):  # the frame at 0.2 s is inside min_period
-        stamp = to_ns(t)
-        if rec.wants(stamp):
-            outcomes.append(rec.process(photos[[0, 0, 1, 2, 3, 0][i]], stamp, "cam", "/image"))
-    assert rec.skipped["period"] == 1 and len(pm) == 5
-    assert [o.added_id for o in outcomes] == [0, 1, 2, 3, 4]
-    last = outcomes[-1]
-    assert last.decision.accepted is not None and last.decision.accepted.id == 0
-    assert last.record["accepted_id"] == 0 and last.record["schema"] == "vpr_ros/matches"
-    assert json.loads(json.dumps(last.record))["query"]["stamp"] == {"sec": 40, "nanosec": 0}
-    assert last.prior is not None and last.prior.pose.position == (0.0, 0.0, 0.0)
-    assert last.prior.covariance.shape == (6, 6) and last.prior.covariance[0, 0] >= 0.25
-    assert last.current is not None and last.current.position[0] == pytest.approx(40.0)

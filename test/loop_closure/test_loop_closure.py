@@ -12,7 +12,7 @@ from vpr_ros.loop_closure.policy import (
     temporally_consistent,
 )
 from vpr_ros.maps.place_map import PlaceMap
-from vpr_ros.types import Pose
+from vpr_ros.types import Pose, to_ns
 
 DIM = 96
 
@@ -29,7 +29,7 @@ def drive(detector: LoopClosureDetector, descs: np.ndarray, stamps: list[float])
     """SLAM usage: query each keyframe, then add it to the map."""
     out = []
     for d, t in zip(descs, stamps, strict=True):
-        out.append(detector.process(d, t))
+        out.append(detector.process(d, to_ns(t)))
         detector.map.add(d[None], [t])
     return out
 
@@ -67,10 +67,10 @@ def test_isolated_false_match_is_rejected_by_consistency(route) -> None:
                                                     consistency_k=2, consistency_n=3, consistency_seconds=5))
     # Matches that jump around the map (t=10, then 60, then 30) never agree in time.
     for pid, t in [(10, 500.0), (60, 501.0), (30, 502.0)]:
-        assert det.process(noisy(rng, places[pid], 0.3), t).accepted is None
+        assert det.process(noisy(rng, places[pid], 0.3), to_ns(t)).accepted is None
     # Consistent ones (42, 43) do.
-    assert det.process(noisy(rng, places[42], 0.3), 503.0).accepted is None
-    d = det.process(noisy(rng, places[43], 0.3), 504.0)
+    assert det.process(noisy(rng, places[42], 0.3), to_ns(503.0)).accepted is None
+    d = det.process(noisy(rng, places[43], 0.3), to_ns(504.0))
     assert d.accepted is not None and d.accepted.id == 43
 
 
@@ -79,13 +79,13 @@ def test_threshold_and_window_reasons(route) -> None:
     pm = PlaceMap.create(DIM)
     pm.add(places[:50], [float(t) for t in range(50)])
     det = LoopClosureDetector(pm, LoopClosureConfig(threshold=0.9, exclude_seconds=1000, consistency_k=1))
-    assert det.process(places[5], 60.0).reason == "no candidate outside the exclusion window"
+    assert det.process(places[5], to_ns(60.0)).reason == "no candidate outside the exclusion window"
     det.set_config(LoopClosureConfig(threshold=0.99, exclude_seconds=1, exclude_last=0, consistency_k=1))
-    d = det.process(noisy(rng, places[5], 1.0), 60.0)
+    d = det.process(noisy(rng, places[5], 1.0), to_ns(60.0))
     assert d.accepted is None and d.reason == "below threshold" and d.candidates[0].id == 5
     det.set_config(LoopClosureConfig(threshold=0.5, exclude_seconds=1, exclude_last=0, consistency_k=1))
-    d = det.process(noisy(rng, places[5], 0.3), 61.0)
-    assert d.accepted is not None and d.accepted.id == 5 and d.accepted.stamp == 5.0
+    d = det.process(noisy(rng, places[5], 0.3), to_ns(61.0))
+    assert d.accepted is not None and d.accepted.id == 5 and d.accepted.place.stamp_ns == to_ns(5.0)
     assert [c.score for c in d.candidates] == sorted((c.score for c in d.candidates), reverse=True)
 
 
@@ -95,15 +95,16 @@ def test_exclude_last_counts_places_not_seconds(route) -> None:
     pm.add(places[:30], [float(t) for t in range(30)])
     cfg = LoopClosureConfig(threshold=0.5, exclude_seconds=0, exclude_last=10, consistency_k=1)
     det = LoopClosureDetector(pm, cfg)
-    assert det.process(noisy(rng, places[25], 0.2), 31.0).accepted is None  # among the last 10
-    assert det.process(noisy(rng, places[15], 0.2), 31.0).accepted.id == 15
+    assert det.process(noisy(rng, places[25], 0.2), to_ns(31.0)).accepted is None  # among the last 10
+    assert det.process(noisy(rng, places[15], 0.2), to_ns(31.0)).accepted.id == 15
 
 
 def test_temporally_consistent_counts_matches_near_the_current_one() -> None:
-    assert temporally_consistent([10.0, None, 12.0], 12.0, k=2, window=5)
-    assert not temporally_consistent([10.0, None, 30.0], 30.0, k=2, window=5)
-    assert temporally_consistent([None, None, 7.0], 7.0, k=1, window=0)
-    assert not temporally_consistent([None, None, None], 7.0, k=1, window=100)
+    assert temporally_consistent([to_ns(10.0), None, to_ns(12.0)], to_ns(12.0), k=2, window=5)
+    assert not temporally_consistent([to_ns(10.0), None, to_ns(30.0)], to_ns(30.0), k=2, window=5)
+    assert temporally_consistent([None, None, to_ns(7.0)], to_ns(7.0), k=1, window=0)
+    assert not temporally_consistent([None, None, None], to_ns(7.0), k=1, window=100)
+    assert temporally_consistent([to_ns(10.0), to_ns(12.5)], to_ns(12.5), k=2, window=2.5)  # seconds, exactly
 
 
 def test_config_validation() -> None:
@@ -188,14 +189,14 @@ def test_verification_rejects_a_higher_scoring_wrong_place_and_accepts_the_true_
     pm = PlaceMap.create(DIM)
     pm.add(descs, [float(t) for t in range(5)], local_features=[f.to_bytes() for f in feats[:5]])
     cfg = LoopClosureConfig(threshold=0.3, exclude_seconds=0, exclude_last=0, consistency_k=1, top_k=5)
-    plain = LoopClosureDetector(pm, cfg).process(query, 100.0)
+    plain = LoopClosureDetector(pm, cfg).process(query, to_ns(100.0))
     assert plain.accepted.id == 1  # without verification the wrong place wins
     verified = LoopClosureDetector(pm, LoopClosureConfig(**{**cfg.__dict__, "verify": True, "min_inliers": 15}))
-    d = verified.process(query, 100.0, local_features=feats[5])
+    d = verified.process(query, to_ns(100.0), local_features=feats[5])
     assert d.accepted is not None and d.accepted.id == 0 and d.accepted.inliers >= 15
     assert all(c.inliers is not None for c in d.candidates if c.score >= cfg.threshold)
     with pytest.raises(ValueError, match="local features"):
-        verified.process(query, 101.0)
+        verified.process(query, to_ns(101.0))
 
 
 def test_no_time_window_when_localising_in_another_runs_map(route) -> None:
@@ -205,7 +206,7 @@ def test_no_time_window_when_localising_in_another_runs_map(route) -> None:
     pm.add(places[:20], [1e6 + t for t in range(20)])
     det = LoopClosureDetector(pm, LoopClosureConfig(threshold=0.5, exclude_seconds=None, exclude_last=0,
                                                     consistency_k=1))
-    assert det.process(noisy(rng, places[3], 0.2), 10.0).accepted.id == 3
+    assert det.process(noisy(rng, places[3], 0.2), to_ns(10.0)).accepted.id == 3
 
 
 def test_calibration_warns_when_the_map_cannot_support_the_estimate():

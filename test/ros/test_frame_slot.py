@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from vpr_ros.frame_slot import LatencyStats, LatestSlot
+from vpr_ros.ros.frame_slot import LatencyStats, LatestSlot
 
 
 def test_fast_producer_slow_consumer_gets_newest_without_backlog() -> None:

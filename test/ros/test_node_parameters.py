@@ -15,9 +15,9 @@ from support import read_manifest, resign, write_manifest
 
 from vpr_ros.extractor import load_extractor
 from vpr_ros.fast_path import DeviceFailure
-from vpr_ros.health import ERROR, OK, WARN, Health
 from vpr_ros.maps.place_map import PlaceMap
 from vpr_ros.ros.node_shell import Describer
+from vpr_ros.ros.node_stats import ERROR, OK, WARN, Health
 from vpr_ros.ros.testing import start_node, stop_node
 
 REPO = Path(__file__).resolve().parents[2]

@@ -33,7 +33,6 @@ from vpr_ros.extractor import DescriptorExtractor
 from vpr_ros.maps.keyframes import KeyframeSelector
 from vpr_ros.maps.locking import lock_map
 from vpr_ros.maps.place_map import PlaceMap
-from vpr_ros.types import ModelIdentity
 
 LOG = logging.getLogger(__name__)
 
@@ -88,16 +87,6 @@ class BuildSummary:
         return "\n".join(lines)
 
 
-def open_map(out: Path, model_id: ModelIdentity, dim: int, index: str, append: bool) -> PlaceMap:
-    """The map to add to: the existing one with ``append`` (same model required), else a new one. The caller
-    holds the map's write lock (:func:`vpr_ros.maps.locking.lock_map`) until it has saved."""
-    if not out.exists() and not PlaceMap.exists(out):
-        return PlaceMap.create(dim, index, model_id)
-    if not append:
-        raise FileExistsError(f"{out} already exists; pass append=True (--append) to add to it, or choose a new path")
-    return PlaceMap.load(out, model_id)  # MapError for a folder that is no map, ModelMismatchError for another model
-
-
 def _frames(bags: Sequence[Path], image_topic: str, pose_topic: str | None, start: float | None,
             end: float | None, max_pose_gap: float, origin: list, stats: ReadStats) -> Iterator[Frame]:
     """Frames of every bag in turn; ``origin`` is a one-slot list shared with the ENU conversion."""
@@ -148,7 +137,7 @@ def build_map(
     selector = KeyframeSelector(min_period, min_distance, novelty)
     out = Path(out)
     with lock_map(out):  # held until saved: MapLockedError while another process writes this map
-        pm = open_map(out, extractor.identity, extractor.descriptor_dim, index, append)
+        pm = PlaceMap.open(out, extractor.identity, index, append)
         summary, stats = BuildSummary(out), ReadStats()
         origin = [pm.enu_origin]  # appended NavSatFix poses share the map's ENU frame
         frames = _frames([Path(b) for b in bags], image_topic, pose_topic, start, end, max_pose_gap, origin, stats)

@@ -10,7 +10,7 @@ in stamp order.
 Poses come from ``nav_msgs/Odometry``, ``geometry_msgs/PoseStamped``,
 ``geometry_msgs/PoseWithCovarianceStamped`` or ``sensor_msgs/NavSatFix`` (converted to metres in a
 local east-north-up frame around an origin fix, :mod:`vpr_ros.bags.geodesy`) and are interpolated at
-the image stamps by :class:`vpr_ros.bags.poses.PoseBuffer`. Opening and checking a bag: :mod:`vpr_ros.bags.bag_files`;
+the image stamps by :class:`vpr_ros.poses.PoseBuffer`. Opening and checking a bag: :mod:`vpr_ros.bags.bag_files`;
 bags to test with: :mod:`vpr_ros.bags.writer`.
 """
 
@@ -31,9 +31,9 @@ from rosbags.highlevel import AnyReader
 
 from vpr_ros.bags.bag_files import IMAGE_MSGTYPES, POSE_MSGTYPES, READ_ERRORS, connections, describe_error, open_bag
 from vpr_ros.bags.geodesy import enu_frame, geodetic_to_enu
-from vpr_ros.bags.poses import PoseBuffer, pose_from_msg
 from vpr_ros.errors import BadFrame, BagError, VprError
 from vpr_ros.image_msgs import image_to_rgb, stamp_of
+from vpr_ros.poses import PoseBuffer, pose_from_msg
 from vpr_ros.types import Pose, Stamped, format_stamp, ns_to_seconds, to_ns
 
 LOG = logging.getLogger(__name__)

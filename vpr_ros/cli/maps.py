@@ -228,8 +228,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     from vpr_ros.preprocess import load_image  # imports torch: after the cheap checks
 
     queries = [(str(p), p.name, load_image(p)) for p in args.images] + picked
-    if args.image_size is None and info.model is not None:  # describe queries at the size the map was built with
-        args.image_size = info.model.image_size
+    args.image_size = PlaceMap.input_size(info.path, args.image_size)  # queries at the size the map was built with
     extractor = make_extractor(args)
     pm = PlaceMap.load(info.path, extractor.identity)
     scores, ids = pm.search(extractor.describe([rgb for *_, rgb in queries]), args.k)

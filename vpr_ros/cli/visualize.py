@@ -114,8 +114,7 @@ def cmd_retrieval(args) -> int:
 
     require_files([args.query])
     info = PlaceMap.info(args.map)
-    if args.image_size is None and info.model is not None:
-        args.image_size = info.model.image_size
+    args.image_size = PlaceMap.input_size(info.path, args.image_size)
     ext = make_extractor(args)
     pm = PlaceMap.load(info.path, ext.identity)
     scores, ids = pm.search(ext.describe([str(args.query)]), args.k)

@@ -23,7 +23,7 @@ class PairPacer:
     def __init__(self, period: float = LIO_SAM_TICK_S) -> None:
         self.configure(period)
         self._last_sent: float | None = None
-        self._held: tuple[float, float] | None = None
+        self._held: tuple[int, int] | None = None
         self.held_back = self.superseded = 0
 
     def configure(self, period: float) -> None:
@@ -31,7 +31,7 @@ class PairPacer:
             raise InputError(f"the loop-closure pair period must be >= 0 s, got {period}")
         self.period = float(period)
 
-    def offer(self, pair: tuple[float, float], now: float) -> tuple[float, float] | None:
+    def offer(self, pair: tuple[int, int], now: float) -> tuple[int, int] | None:
         """The pair to send now (``pair``, or None when it is held back)."""
         if self._last_sent is None or now - self._last_sent >= self.period:
             self._held = None
@@ -43,7 +43,7 @@ class PairPacer:
         self.held_back += 1
         return None
 
-    def due(self, now: float) -> tuple[float, float] | None:
+    def due(self, now: float) -> tuple[int, int] | None:
         """A held pair whose turn has come (call this periodically), else None."""
         if self._held is None or self._last_sent is None or now - self._last_sent < self.period:
             return None

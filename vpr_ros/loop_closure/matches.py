@@ -4,14 +4,14 @@ the pose prior (pose of the accepted place with its covariance) behind ``~/match
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.spatial.transform import Rotation
 
 from vpr_ros.loop_closure.policy import Decision, LoopClosureConfig
-from vpr_ros.maps.place_map import PlaceMap
-from vpr_ros.types import Pose, ns_to_pair
+from vpr_ros.types import NS_PER_S, Pose, ns_to_pair
 
 MATCHES_SCHEMA = {"schema": "vpr_ros/matches", "version": 1}
 MIN_POSITION_STD_M = 0.5  # places are keyframes apart: a match is never more precise than this
@@ -23,21 +23,20 @@ def _stamp(ns: int) -> dict[str, int]:
     return {"sec": sec, "nanosec": nanosec}
 
 
-def matches_record(decision: Decision, place_map: PlaceMap, stamp_ns: int, frame_id: str, camera: str = "") -> dict:
+def matches_record(decision: Decision, frame_id: str, camera: str, map_size: int) -> dict:
     """The ``~/matches`` record (schema ``vpr_ros/matches`` v1): every candidate with score, stamp,
     pose, camera and verification inliers, which one was accepted, and why not when none was."""
     accepted_id = decision.accepted.id if decision.accepted else None
     candidates = []
     for c in decision.candidates:
-        place = place_map.place(c.id)
+        place = c.place
         pose = None if place.pose is None else {
             "position": list(place.pose.position), "orientation": list(place.pose.orientation),
             "frame_id": place.pose.frame_id}
         candidates.append({"id": c.id, "score": round(c.score, 6), "stamp": _stamp(place.stamp_ns), "pose": pose,
                            "camera": place.camera, "inliers": c.inliers, "accepted": c.id == accepted_id})
-    return {**MATCHES_SCHEMA, "query": {"stamp": _stamp(stamp_ns), "frame_id": frame_id, "camera": camera},
-            "candidates": candidates, "accepted_id": accepted_id, "reason": decision.reason,
-            "map_size": len(place_map)}
+    return {**MATCHES_SCHEMA, "query": {"stamp": _stamp(decision.stamp_ns), "frame_id": frame_id, "camera": camera},
+            "candidates": candidates, "accepted_id": accepted_id, "reason": decision.reason, "map_size": map_size}
 
 
 @dataclass(frozen=True)
@@ -48,7 +47,7 @@ class MatchPrior:
     covariance: np.ndarray
 
 
-def match_prior(decision: Decision, place_map: PlaceMap, config: LoopClosureConfig) -> MatchPrior | None:
+def match_prior(decision: Decision, config: LoopClosureConfig) -> MatchPrior | None:
     """Pose prior of the accepted place, or None (nothing accepted, or the place has no pose).
 
     The position covariance is the spread of the candidates that agree with the accepted one
@@ -58,11 +57,12 @@ def match_prior(decision: Decision, place_map: PlaceMap, config: LoopClosureConf
     accepted = decision.accepted
     if accepted is None:
         return None
-    pose = place_map.place(accepted.id).pose
+    pose = accepted.place.pose
     if pose is None:
         return None
-    close = [place_map.place(c.id).pose for c in decision.candidates
-             if c.score >= config.threshold and abs(c.stamp - accepted.stamp) <= config.consistency_seconds]
+    window = config.consistency_seconds * NS_PER_S
+    close = [c.place.pose for c in decision.candidates
+             if c.score >= config.threshold and abs(c.place.stamp_ns - accepted.place.stamp_ns) <= window]
     pts = np.array([p.position for p in close if p is not None], dtype=np.float64).reshape(-1, 3)
     cov = np.cov(pts.T) if len(pts) > 1 else np.zeros((3, 3))
     full = np.zeros((6, 6))
@@ -87,12 +87,14 @@ def camera_prior(prior: MatchPrior, base_to_camera: Pose | None) -> MatchPrior:
     return MatchPrior(pose, prior.covariance)
 
 
-def global_pose_prior(prior: MatchPrior, frame_id: str, base_to_camera: Pose | None,
+def global_pose_prior(prior: MatchPrior, frame_id: str, seen_by: str, mounts: Mapping[str, Pose | None],
                       base_frame: str) -> tuple[MatchPrior | None, str]:
     """The prior for RTAB-Map's ``global_pose`` (the pose of the sensor ``frame_id``, which RTAB-Map moves
     to its base with TF), or None and why not: without a frame there is nothing to name, and without the
-    camera's mounting the place's (base) pose would be passed off as the camera's, unless the camera frame
-    is the base frame itself."""
+    mounting (``mounts``: camera name -> its pose in the base frame) of the camera ``seen_by`` that saw the
+    place, the place's (base) pose would be passed off as the camera's, unless the camera frame is the
+    base frame itself."""
+    base_to_camera = mounts.get(seen_by)
     if not frame_id:
         return None, "no camera frame"
     if base_to_camera is None and frame_id != base_frame:

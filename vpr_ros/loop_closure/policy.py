@@ -10,7 +10,8 @@ A candidate is accepted only if it passes every gate, in this order:
 4. **temporal consistency** - at least ``consistency_k`` of the last ``consistency_n`` queries
    (this one included) matched places within ``consistency_seconds`` of this match.
 
-Everything here is plain Python and numpy: the ROS node only feeds it descriptors and stamps.
+Everything here is plain Python and numpy: the ROS node only feeds it descriptors and stamps (integer
+nanoseconds). Each candidate carries its :class:`~vpr_ros.maps.places.Place`, looked up once here.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import numpy as np
 
 from vpr_ros.errors import InputError
 from vpr_ros.maps.place_map import PlaceMap
-from vpr_ros.types import Stamp, ns_to_seconds, to_ns
+from vpr_ros.maps.places import Place
+from vpr_ros.types import NS_PER_S, ns_to_pair
 
 
 @dataclass(frozen=True)
@@ -52,26 +54,29 @@ class LoopClosureConfig:
 
 @dataclass
 class Candidate:
-    id: int
+    place: Place
     score: float
-    stamp: float  # seconds
     inliers: int | None = None  # None: not verified
+
+    @property
+    def id(self) -> int:
+        return self.place.id
 
 
 @dataclass
 class Decision:
     """Outcome for one query: every candidate retrieved, and the accepted one if any."""
 
-    stamp: float
+    stamp_ns: int  # the query's
     candidates: list[Candidate] = field(default_factory=list)
     accepted: Candidate | None = None
     reason: str = ""  # why nothing was accepted (or "accepted")
 
 
-def temporally_consistent(history: Sequence[float | None], match_stamp: float, k: int, window: float) -> bool:
-    """True if at least ``k`` matches in ``history`` (stamps in seconds, None = no match; the
-    current match included) lie within ``window`` seconds of ``match_stamp``."""
-    close = sum(1 for t in history if t is not None and abs(t - match_stamp) <= window)
+def temporally_consistent(history: Sequence[int | None], match_ns: int, k: int, window: float) -> bool:
+    """True if at least ``k`` matches in ``history`` (stamps in nanoseconds, None = no match; the
+    current match included) lie within ``window`` seconds of ``match_ns``."""
+    close = sum(1 for t in history if t is not None and abs(t - match_ns) <= window * NS_PER_S)
     return close >= k
 
 
@@ -84,7 +89,7 @@ class LoopClosureDetector:
     def __init__(self, place_map: PlaceMap, config: LoopClosureConfig = LoopClosureConfig()) -> None:
         self.map = place_map
         self.config = config
-        self._history: deque[float | None] = deque(maxlen=config.consistency_n)
+        self._history: deque[int | None] = deque(maxlen=config.consistency_n)
 
     def reset(self) -> None:
         self._history.clear()
@@ -95,32 +100,30 @@ class LoopClosureDetector:
             self._history = deque(self._history, maxlen=config.consistency_n)
         self.config = config
 
-    def process(self, descriptor: np.ndarray, stamp: Stamp, local_features: object | None = None) -> Decision:
-        """Retrieve, gate and (maybe) accept a loop closure for one query descriptor.
+    def process(self, descriptor: np.ndarray, stamp_ns: int, local_features: object | None = None) -> Decision:
+        """Retrieve, gate and (maybe) accept a loop closure for one query descriptor stamped ``stamp_ns``.
 
         ``local_features`` (a :class:`vpr_ros.loop_closure.verification.LocalFeatures`) is required when the
         config asks for verification.
         """
         cfg = self.config
-        t = ns_to_seconds(to_ns(stamp))
-        decision = Decision(t)
-        newest = None if cfg.exclude_seconds is None else t - cfg.exclude_seconds
+        decision = Decision(int(stamp_ns))
+        newest = None if cfg.exclude_seconds is None else ns_to_pair(stamp_ns - round(cfg.exclude_seconds * NS_PER_S))
         scores, ids = self.map.search(np.asarray(descriptor, np.float32).reshape(1, -1), cfg.top_k,
                                       exclude_newer_than=newest, exclude_last=cfg.exclude_last)
-        stamps = self.map.stamps()
-        decision.candidates = [Candidate(int(i), float(s), float(stamps[i]))
+        decision.candidates = [Candidate(self.map.place(int(i)), float(s))
                                for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
         passing = [c for c in decision.candidates if c.score >= cfg.threshold]
         if passing and cfg.verify:
             passing = self._verify(passing, local_features)
         best = passing[0] if passing else None
-        self._history.append(best.stamp if best else None)
+        self._history.append(best.place.stamp_ns if best else None)
         if best is None:
             decision.reason = ("no candidate outside the exclusion window" if not decision.candidates else
                                "below threshold" if not any(c.score >= cfg.threshold for c in decision.candidates)
                                else f"fewer than {cfg.min_inliers} inliers")
             return decision
-        if not temporally_consistent(self._history, best.stamp, cfg.consistency_k, cfg.consistency_seconds):
+        if not temporally_consistent(self._history, best.place.stamp_ns, cfg.consistency_k, cfg.consistency_seconds):
             decision.reason = f"not yet consistent ({cfg.consistency_k} of {cfg.consistency_n} needed)"
             return decision
         decision.accepted, decision.reason = best, "accepted"

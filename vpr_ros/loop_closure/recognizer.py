@@ -6,9 +6,10 @@ In ``localize`` mode the map is fixed (another run's map: no exclusion window); 
 every described frame is queried first and then added as a place, with the odometry pose
 interpolated at its stamp.
 
-Only in ``slam`` mode does an accepted match become a loop-closure pair of two stamps
-(:attr:`Outcome.loop_pair`), and only when the matched place was added in this run: a consumer such as
-LIO-SAM knows the keyframes of this run only (see :mod:`vpr_ros.loop_closure.loop_pairs`).
+Stamps stay integer nanoseconds throughout. Only in ``slam`` mode does an accepted match become a
+loop-closure pair of two stamps (:attr:`Outcome.loop_pair`), and only when the matched place was added
+in this run: a consumer such as LIO-SAM knows the keyframes of this run only (see
+:mod:`vpr_ros.loop_closure.loop_pairs`).
 
 Several cameras share one map: each camera has its own keyframe gate and its own consistency
 history (a match is confirmed by the same camera's next frames), the frames of all cameras that
@@ -26,7 +27,6 @@ from typing import Literal
 
 import numpy as np
 
-from vpr_ros.bags.poses import PoseBuffer
 from vpr_ros.errors import InputError
 from vpr_ros.extractor import DescriptorExtractor, Features
 from vpr_ros.loop_closure.matches import MatchPrior, match_prior, matches_record
@@ -34,6 +34,7 @@ from vpr_ros.loop_closure.policy import Decision, LoopClosureConfig, LoopClosure
 from vpr_ros.loop_closure.verification import compress_tokens
 from vpr_ros.maps.keyframes import KeyframeSelector
 from vpr_ros.maps.place_map import PlaceMap
+from vpr_ros.poses import PoseBuffer
 from vpr_ros.types import Pose, ns_to_pair, ns_to_seconds
 
 Mode = Literal["localize", "slam"]
@@ -61,7 +62,7 @@ class Outcome:
     current: Pose | None  # slam: the frame's own interpolated odometry pose
     added_id: int | None  # slam: the place id the frame was stored under
     model_seconds: float  # the model's time for the whole batch the frame was described in
-    loop_pair: tuple[float, float] | None = None  # slam: [t_current, t_previous] when both are of this run
+    loop_pair: tuple[int, int] | None = None  # slam: [t_current, t_previous] (ns) when both are of this run
 
 
 class _Camera:
@@ -145,13 +146,13 @@ class PlaceRecognizer:
             desc = feats.descriptors[i]
             local = compress_tokens(feats.patch_tokens[i], self.extractor.image_size) if verify else None
             tokens.append(None if local is None else local.to_bytes())
-            decision = self._camera(frame.camera).detector.process(desc, ns_to_seconds(frame.stamp_ns), local)
-            record = matches_record(decision, self.map, frame.stamp_ns, frame.frame_id, frame.camera)
-            prior = match_prior(decision, self.map, self.config)
+            decision = self._camera(frame.camera).detector.process(desc, frame.stamp_ns, local)
+            record = matches_record(decision, frame.frame_id, frame.camera, len(self.map))
+            prior = match_prior(decision, self.config)
             accepted = decision.accepted
             pair = None
             if self.mode == "slam" and accepted is not None and accepted.id >= self.first_own_id:
-                pair = (decision.stamp, accepted.stamp)
+                pair = (frame.stamp_ns, accepted.place.stamp_ns)
             outcomes.append(Outcome(frame, decision, record, prior, None, None, model_seconds, pair))
         if self.mode == "slam":
             for out in outcomes:

@@ -269,6 +269,27 @@ class PlaceMap:
         """The checked manifest of a saved map, the index and places unread (:func:`vpr_ros.maps.map_store.info`)."""
         return map_store.info(path)
 
+    @classmethod
+    def open(cls, path: str | os.PathLike | None, model_id: ModelIdentity, index: str = "flat",
+             append: bool = True) -> PlaceMap:
+        """The map to add to: the one at ``path`` (same model required; FileExistsError without ``append``), else a
+        new one. The caller holds the map's write lock (:meth:`lock`) until it has saved."""
+        if path is None or not (os.path.exists(path) or map_store.exists(path)):
+            return cls.create(model_id.descriptor_dim, index, model_id)
+        if not append:
+            raise FileExistsError(f"{path} already exists; pass append=True (--append) to add to it, or choose a "
+                                  "new path")
+        return cls.load(path, model_id)  # MapError for a folder that is no map, ModelMismatchError for another model
+
+    @staticmethod
+    def input_size(path: str | os.PathLike | None, asked: tuple[int, int] | None = None) -> tuple[int, int] | None:
+        """The size to describe frames at for the map at ``path``: ``asked`` when given, else the size the map was
+        built with (None: no map there yet, or one that does not say)."""
+        if asked is not None or path is None or not map_store.exists(path):
+            return asked
+        model = map_store.info(path).model
+        return None if model is None else model.image_size
+
 
 def _pose_row(pose: Pose) -> list[float]:
     """The 7 numbers stored for a pose; InputError unless they are finite (a stored NaN or inf would make the

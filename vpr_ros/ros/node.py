@@ -23,7 +23,6 @@ import os
 import tempfile
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -39,24 +38,28 @@ from std_msgs.msg import ColorRGBA, Float64MultiArray, String
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker, MarkerArray
 
-from vpr_ros.bags.poses import pose_from_msg
 from vpr_ros.errors import MapSaveError, VprError
-from vpr_ros.extractor import DescriptorExtractor
 from vpr_ros.fast_path import DeviceFailure
-from vpr_ros.frame_slot import LatencyStats, LatestSlot
-from vpr_ros.health import HealthMonitor
 from vpr_ros.image_msgs import image_to_rgb, stamp_of
 from vpr_ros.loop_closure.loop_pairs import PairPacer
 from vpr_ros.loop_closure.matches import MatchPrior, global_pose_prior
 from vpr_ros.loop_closure.recognizer import CameraFrame, Outcome, PlaceRecognizer
 from vpr_ros.maps.place_map import PlaceMap
+from vpr_ros.poses import pose_from_msg
 from vpr_ros.ros import node_shell
 from vpr_ros.ros import params as node_params
+from vpr_ros.ros.frame_slot import LatestSlot
+from vpr_ros.ros.node_stats import REJECTED, SAVE_FAILURES, NodeStats
 from vpr_ros.ros.params import PARAMS, RUNTIME, Camera, check_choice, loop_closure_config
 from vpr_ros.ros.startup import StartupError, image_size_param, node_extractor
-from vpr_ros.types import ModelIdentity, Pose, ns_to_pair, to_ns
+from vpr_ros.types import Pose, ns_to_pair, ns_to_seconds, to_ns
 
 NODE_NAME = "vpr_localize"
+WITHHELD = "loop pairs withheld (place of the loaded map)"  # slam: accepted matches of places loaded from the map
+COUNTERS = ["frames received", "frames dropped (busy)", "frames processed", "batches described", REJECTED,
+            "frames skipped (keyframe period)", SAVE_FAILURES, "poses rejected",
+            "global poses skipped (no camera frame)", "global poses skipped (no camera_pose)",
+            "loop pairs held back (rate)", "loop pairs superseded (rate)", WITHHELD]
 
 
 class LocalizeNode(Node):
@@ -74,28 +77,36 @@ class LocalizeNode(Node):
         # one writer per map, held until the process ends (before the model loads: a second writer fails fast)
         self.map_lock = PlaceMap.lock(self.map_path) if self.mode == "slam" and self.map_path else None
         self.cameras = self._camera_list(p)
-        self.extractor = self._load_model(p)
+        self.mounts = {cam.name: cam.base_to_camera for cam in self.cameras}
+        # image_size not set: the existing map's size, else the checkpoint's .json, else 322x322
+        self.extractor = node_extractor(p["checkpoint"], p["model_config"],
+                                        PlaceMap.input_size(self.map_path, image_size_param(p["image_size"])),
+                                        p["device"], p["precision"], batch_size=len(self.cameras))
         self.describer = node_shell.Describer(self, self.extractor, node_params.frame_size(p["frame_size"]),
                                               len(self.cameras))
-        self.map = self._open_map(p, self.extractor.identity)
+        if self.mode == "localize" and self.map_path is None:
+            raise StartupError("localize mode needs parameter 'map' (a map folder built earlier)")
+        model_id = self.extractor.identity
+        self.map = PlaceMap.load(self.map_path, model_id) if self.mode == "localize" else \
+            PlaceMap.open(self.map_path, model_id, p["index"])
         self.calibrated = None if self.map.calibration is None else float(self.map.calibration["threshold"])
         config = loop_closure_config(p, self.mode, self.calibrated)
         self.recognizer = PlaceRecognizer(self.extractor, self.map, config, self.mode,
                                           float(p["min_period"]), float(p["pose_max_gap"]))
 
         self.slot: LatestSlot = LatestSlot()  # one slot per camera
-        self.latency = LatencyStats()  # frame received -> outputs published
-        self.model_time = LatencyStats()  # the model's share of it
-        self.processed = self.rejected = self.save_failures = self.poses_rejected = 0
-        self.batches = 0  # model calls: with several cameras, one per batch of their waiting frames
-        self.global_pose_skipped: Counter[str] = Counter()  # accepted matches without a ~/global_pose, by reason
         self.pairs = PairPacer(float(p["loop_pair_period"]))  # slam: ~/loop_closure at LIO-SAM's rate
-        self.pairs_not_own = 0  # slam: accepted matches of places loaded from the map file: no pair
+        self._lock = threading.Lock()  # guards the pacer (worker and timer)
         topics = {cam.name: self._image_topics(cam.image_topic) for cam in self.cameras}
         listening = " and ".join(t for pair in topics.values() for t in pair)
-        self.health = HealthMonitor(frame_timeout=float(p["frame_timeout"]),
-                                    sources={name: " and ".join(pair) for name, pair in topics.items()})
-        self._lock = threading.Lock()  # guards the counters and the pose of the last frame
+        self.stats = NodeStats(COUNTERS, "frames processed", float(p["frame_timeout"]),
+                               {name: " and ".join(pair) for name, pair in topics.items()})
+        for name, reader in (("frames received", lambda: self.slot.received),
+                             ("frames dropped (busy)", lambda: self.slot.dropped),
+                             ("frames skipped (keyframe period)", lambda: self.recognizer.skipped["period"]),
+                             ("loop pairs held back (rate)", lambda: self.pairs.held_back),
+                             ("loop pairs superseded (rate)", lambda: self.pairs.superseded)):
+            self.stats.read(name, reader)
 
         latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.pub_loop = self.create_publisher(Float64MultiArray, "~/loop_closure", 10)
@@ -180,28 +191,10 @@ class LocalizeNode(Node):
             compressed = f"{raw}/compressed"
         return raw, compressed
 
-    def _load_model(self, p: dict[str, Any]) -> DescriptorExtractor:
-        size = image_size_param(p["image_size"])
-        if size is None:  # not set: the existing map's size, else the checkpoint's .json, else 322x322
-            model = PlaceMap.info(self.map_path).model if self.map_path and PlaceMap.exists(self.map_path) else None
-            size = None if model is None else model.image_size
-        return node_extractor(p["checkpoint"], p["model_config"], size, p["device"], p["precision"],
-                              batch_size=len(self.cameras))
-
-    def _open_map(self, p: dict[str, Any], model_id: ModelIdentity) -> PlaceMap:
-        path = self.map_path
-        if self.mode == "localize":
-            if path is None:
-                raise StartupError("localize mode needs parameter 'map' (a map folder built earlier)")
-            return PlaceMap.load(path, model_id=model_id)
-        if path is not None and (path.exists() or PlaceMap.exists(path)):
-            return PlaceMap.load(path, model_id=model_id)
-        return PlaceMap.create(model_id.descriptor_dim, p["index"], model_id)
-
     # -- callbacks -------------------------------------------------------------------------------
 
     def _on_image(self, msg: Image | CompressedImage, camera: Camera, topic: str) -> None:
-        self.health.received(camera.name)
+        self.stats.received(camera.name)
         self.slot.put((msg, time.monotonic(), topic, camera), key=camera.name)
 
     def _on_pose(self, msg: Odometry | PoseStamped) -> None:
@@ -209,8 +202,7 @@ class LocalizeNode(Node):
             stamp, position, orientation, frame = pose_from_msg(msg)
             self.recognizer.poses.add(stamp, position, orientation, frame or self.map_frame)
         except VprError as exc:  # NaN, a zero quaternion: the sample is dropped, the stream goes on
-            with self._lock:
-                self.poses_rejected += 1
+            self.stats.count("poses rejected")
             self.get_logger().warning(f"dropping a pose: {exc}", throttle_duration_sec=5.0)
 
     def _on_set_parameters(self, params: list) -> SetParametersResult:
@@ -226,7 +218,7 @@ class LocalizeNode(Node):
         self.recognizer.configure(config, float(values["min_period"]))
         with self._lock:
             self.pairs.configure(float(values["loop_pair_period"]))
-        self.health.frame_timeout = float(values["frame_timeout"])
+        self.stats.frame_timeout = float(values["frame_timeout"])
         return SetParametersResult(successful=True)
 
     def _on_save(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
@@ -243,12 +235,10 @@ class LocalizeNode(Node):
         try:
             self.map.save(self.map_path)
         except MapSaveError as exc:
-            with self._lock:
-                self.save_failures += 1
-            self.health.saved(str(exc))
+            self.stats.saved(str(exc))
             self.get_logger().error(str(exc))
             return False, str(exc)
-        self.health.saved(None)
+        self.stats.saved(None)
         return True, f"saved {len(self.map)} places to {self.map_path}"
 
     def _on_reset(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
@@ -271,27 +261,21 @@ class LocalizeNode(Node):
                         frames.append(frame)
                         received.append(when)
                 except VprError as exc:  # a bad frame: counted and dropped, the other cameras' frames go on
-                    self._reject()
+                    self.stats.frame(rejected=True)
                     self.get_logger().warning(f"dropping a frame on {topic}: {exc}", throttle_duration_sec=5.0)
             if not frames:
                 continue
             try:
                 self._process(frames, received)
             except DeviceFailure:  # said by the describer, which shuts the node down
-                self._reject(len(frames))
+                self.stats.frame(rejected=True, n=len(frames))
                 return
             except VprError as exc:  # a non-finite descriptor: counted and dropped
-                self._reject(len(frames))
+                self.stats.frame(rejected=True, n=len(frames))
                 self.get_logger().warning(f"dropping {len(frames)} frame(s): {exc}", throttle_duration_sec=5.0)
             except Exception as exc:  # keep serving: one failure must not stop localisation
-                self._reject(len(frames))
+                self.stats.frame(rejected=True, n=len(frames))
                 self.get_logger().error(f"frame failed: {type(exc).__name__}: {exc}", throttle_duration_sec=5.0)
-
-    def _reject(self, count: int = 1) -> None:
-        with self._lock:
-            self.rejected += count
-        for _ in range(count):
-            self.health.frame(rejected=True)
 
     def _decode(self, msg: Image | CompressedImage, topic: str, camera: Camera) -> CameraFrame | None:
         """The frame for the recognizer, or None when the camera's keyframe gate skips it (before decoding)."""
@@ -302,15 +286,12 @@ class LocalizeNode(Node):
 
     def _process(self, frames: list[CameraFrame], received: list[float]) -> None:
         outcomes = self.recognizer.process_batch(frames, self.describer.run)
-        with self._lock:
-            self.batches += 1
+        self.stats.count("batches described")  # with several cameras, one per batch of their waiting frames
         for outcome, when in zip(outcomes, received, strict=True):
-            self.model_time.add(outcome.model_seconds)
+            self.stats.model_time.add(outcome.model_seconds)
             self._publish(outcome)
-            self.health.frame(rejected=False)
-            with self._lock:
-                self.processed += 1
-            self.latency.add(time.monotonic() - when)
+            self.stats.frame(rejected=False)
+            self.stats.latency.add(time.monotonic() - when)
 
     # -- publishing ------------------------------------------------------------------------------
 
@@ -321,13 +302,10 @@ class LocalizeNode(Node):
             return
         if outcome.loop_pair is not None:
             with self._lock:
-                pair = self.pairs.offer(outcome.loop_pair, time.monotonic())
-            if pair is not None:
-                self.pub_loop.publish(Float64MultiArray(data=list(pair)))
+                self._send_pair(self.pairs.offer(outcome.loop_pair, time.monotonic()))
         elif self.mode == "slam":
-            with self._lock:
-                self.pairs_not_own += 1
-        place = self.map.place(accepted.id)
+            self.stats.count(WITHHELD)
+        place = accepted.place
         stamp = ns_to_pair(outcome.frame.stamp_ns)
         if outcome.prior is not None:
             self.pub_pose.publish(self._pose_msg(outcome.prior, stamp, outcome.prior.pose.frame_id or self.map_frame))
@@ -338,14 +316,11 @@ class LocalizeNode(Node):
     def _publish_global_pose(self, prior: MatchPrior, frame_id: str, seen_by: str, stamp: tuple[int, int]) -> None:
         """RTAB-Map's convention: the pose of the query camera (taken to stand where the camera that saw the
         place stood), in the camera's frame_id, at the image's stamp."""
-        camera = next((c for c in self.cameras if c.name == seen_by), None)
-        pose, reason = global_pose_prior(prior, frame_id, camera.base_to_camera if camera else None,
-                                         self.base_frame)
+        pose, reason = global_pose_prior(prior, frame_id, seen_by, self.mounts, self.base_frame)
         if pose is not None:
             self.pub_global.publish(self._pose_msg(pose, stamp, frame_id))
             return
-        with self._lock:
-            self.global_pose_skipped[reason] += 1
+        self.stats.count(f"global poses skipped ({reason})")
         self.get_logger().warning(
             "no ~/global_pose: " + ("the image has no header.frame_id; set camera_frame" if reason == "no camera frame"
                                     else f"camera_pose of camera '{seen_by}' is not set"), throttle_duration_sec=30.0)
@@ -353,9 +328,11 @@ class LocalizeNode(Node):
     def _release_pair(self) -> None:
         """Send a loop-closure pair that was held back once LIO-SAM's next tick has come."""
         with self._lock:
-            pair = self.pairs.due(time.monotonic())
-        if pair is not None:
-            self.pub_loop.publish(Float64MultiArray(data=list(pair)))
+            self._send_pair(self.pairs.due(time.monotonic()))
+
+    def _send_pair(self, pair: tuple[int, int] | None) -> None:
+        if pair is not None:  # LIO-SAM's [t_current, t_previous], in seconds
+            self.pub_loop.publish(Float64MultiArray(data=[ns_to_seconds(t) for t in pair]))
 
     @staticmethod
     def _pose_msg(prior: MatchPrior, stamp: tuple[int, int], frame_id: str) -> PoseWithCovarianceStamped:
@@ -397,21 +374,8 @@ class LocalizeNode(Node):
         self.pub_markers.publish(MarkerArray(markers=markers))
 
     def _publish_diagnostics(self) -> None:
-        with self._lock:
-            counts = {"frames processed": self.processed, "batches described": self.batches,
-                      "frames rejected": self.rejected,
-                      "frames skipped (keyframe period)": self.recognizer.skipped["period"],
-                      "map save failures": self.save_failures, "poses rejected": self.poses_rejected,
-                      "global poses skipped (no camera frame)": self.global_pose_skipped["no camera frame"],
-                      "global poses skipped (no camera_pose)": self.global_pose_skipped["no camera_pose"],
-                      "loop pairs held back (rate)": self.pairs.held_back,
-                      "loop pairs superseded (rate)": self.pairs.superseded,
-                      "loop pairs withheld (place of the loaded map)": self.pairs_not_own}
-        counts = {"frames received": self.slot.received, "frames dropped (busy)": self.slot.dropped, **counts}
-        values = {**counts, "latency p50 ms": f"{1000 * self.latency.percentile(50):.1f}",
-                  "latency p95 ms": f"{1000 * self.latency.percentile(95):.1f}",
-                  "model p50 ms": f"{1000 * self.model_time.percentile(50):.1f}", "map places": len(self.map)}
-        health = self.describer.health(self.health.status())
+        values = {**self.stats.values(), "map places": len(self.map)}
+        health = self.describer.health(self.stats.status())
         self.pub_diag.publish(node_shell.diagnostics(self, health, f"{self.mode}, {len(self.map)} places",
                                                      str(self.extractor.device), {**values, **self.describer.values()}))
 

@@ -28,7 +28,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from vpr_ros.errors import VprError
 from vpr_ros.extractor import DescriptorExtractor
 from vpr_ros.fast_path import DeviceFailure, FastPathGuard
-from vpr_ros.health import ERROR, WARN, Health
+from vpr_ros.ros.node_stats import ERROR, WARN, Health
 from vpr_ros.ros.params import Spec
 from vpr_ros.ros.startup import StartupError
 

@@ -32,10 +32,10 @@ from rclpy.type_support import check_for_type_support
 
 from vpr_ros.errors import BadFrame, VprError
 from vpr_ros.fast_path import DeviceFailure
-from vpr_ros.frame_slot import LatencyStats, LatestSlot
-from vpr_ros.health import HealthMonitor
 from vpr_ros.image_msgs import image_to_rgb
 from vpr_ros.ros import node_shell
+from vpr_ros.ros.frame_slot import LatestSlot
+from vpr_ros.ros.node_stats import REJECTED, NodeStats
 from vpr_ros.ros.params import PARAMS, check_choice, frame_size
 from vpr_ros.ros.startup import StartupError, image_size_param, node_extractor
 from vpr_ros.rtabmap_descriptors import DESCRIPTOR_TYPE, encode_descriptor
@@ -93,13 +93,12 @@ class RgbdDescriptorNode(Node):
                                         p["device"], p["precision"])
         self.describer = node_shell.Describer(self, self.extractor, frame_size(p["frame_size"]))
         self.slot: LatestSlot = LatestSlot()
-        self.latency = LatencyStats()  # message received -> republished with its descriptor
-        self.model_time = LatencyStats()
-        self.published = self.rejected = 0
-        self._lock = threading.Lock()  # guards the counters
         self.topic_in = self.resolve_topic_name("rgbd_image")
         self.topic_out = self.resolve_topic_name("rgbd_image_vpr")
-        self.health = HealthMonitor(frame_timeout=float(p["frame_timeout"]), sources=self.topic_in)
+        self.stats = NodeStats(["frames received", "frames dropped (busy)", "frames published", REJECTED],
+                               "frames published", float(p["frame_timeout"]), self.topic_in)
+        self.stats.read("frames received", lambda: self.slot.received)
+        self.stats.read("frames dropped (busy)", lambda: self.slot.dropped)
 
         self.pub = self.create_publisher(rgbd_type, "rgbd_image_vpr", OUTPUT_QOS)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -113,13 +112,13 @@ class RgbdDescriptorNode(Node):
             f"({'reliable' if p['reliable'] else 'best effort'}) -> {self.topic_out} with type-1 global descriptors")
 
     def _on_rgbd(self, msg: Any) -> None:
-        self.health.received()
+        self.stats.received()
         self.slot.put((msg, time.monotonic()))
 
     def _on_set_parameters(self, params: list) -> SetParametersResult:
         for param in params:  # the others are read-only, refused by rclpy itself
             if param.name == "frame_timeout":
-                self.health.frame_timeout = float(param.value)
+                self.stats.frame_timeout = float(param.value)
         return SetParametersResult(successful=True)
 
     def _work(self) -> None:
@@ -130,45 +129,32 @@ class RgbdDescriptorNode(Node):
             try:
                 self._describe(msg)
             except DeviceFailure:  # said by the describer, which shuts the node down
-                self._reject()
+                self.stats.frame(rejected=True)
                 return
             except VprError as exc:  # a bad image or a non-finite descriptor
-                self._reject()
+                self.stats.frame(rejected=True)
                 self.get_logger().warning(f"dropping a frame on {self.topic_in}: {exc}", throttle_duration_sec=5.0)
                 continue
             except Exception as exc:  # keep serving: one failure must not stop the stream
-                self._reject()
+                self.stats.frame(rejected=True)
                 self.get_logger().error(f"frame failed: {type(exc).__name__}: {exc}", throttle_duration_sec=5.0)
                 continue
             self.pub.publish(msg)
-            self.latency.add(time.monotonic() - received)
-            self.health.frame(rejected=False)
-            with self._lock:
-                self.published += 1
+            self.stats.latency.add(time.monotonic() - received)
+            self.stats.frame(rejected=False)
 
     def _describe(self, msg: Any) -> None:
         rgb = image_to_rgb(colour_image(msg))
         start = time.perf_counter()
         descriptor = self.describer.run(lambda: self.extractor.describe([rgb]))[0]
-        self.model_time.add(time.perf_counter() - start)
+        self.stats.model_time.add(time.perf_counter() - start)
         set_global_descriptor(msg, descriptor)
 
-    def _reject(self) -> None:
-        with self._lock:
-            self.rejected += 1
-        self.health.frame(rejected=True)
-
     def _publish_diagnostics(self) -> None:
-        with self._lock:
-            published, rejected = self.published, self.rejected
-        values = {"frames received": self.slot.received, "frames dropped (busy)": self.slot.dropped,
-                  "frames published": published, "frames rejected": rejected,
-                  "latency p50 ms": f"{1000 * self.latency.percentile(50):.1f}",
-                  "latency p95 ms": f"{1000 * self.latency.percentile(95):.1f}",
-                  "model p50 ms": f"{1000 * self.model_time.percentile(50):.1f}"}
-        health = self.describer.health(self.health.status())
+        health = self.describer.health(self.stats.status())
         self.pub_diag.publish(node_shell.diagnostics(self, health, f"{self.topic_in} -> {self.topic_out}",
-                                                     str(self.extractor.device), {**values, **self.describer.values()}))
+                                                     str(self.extractor.device),
+                                                     {**self.stats.values(), **self.describer.values()}))
 
     def close(self) -> bool:
         """Stop the worker (a frame it is describing is still published); False after a device failure."""

@@ -15,8 +15,8 @@ from nav_msgs.msg import Odometry
 from rosbags.typesys import Stores, get_typestore
 from std_msgs.msg import Header
 
-from vpr_ros.bags.poses import MAX_POSITION_M, PoseBuffer, pose_from_msg, slerp
 from vpr_ros.errors import InputError
+from vpr_ros.poses import MAX_POSITION_M, PoseBuffer, pose_from_msg, slerp
 from vpr_ros.types import Pose
 
 T0 = 1_700_000_000.0  # realistic epoch stamps: float seconds resolve 0.24 us there, hence atol=1e-5 below
