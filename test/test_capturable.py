@@ -20,6 +20,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from vpr_ros.cuda_graphs import GraphRunner
 from vpr_ros.errors import InputError
 from vpr_ros.extractor import DescriptorExtractor
 from vpr_ros.models import MODELS, VPRModel
@@ -120,8 +121,9 @@ def test_golden_models_forward_without_host_transfers(tiny_salad_model: VPRModel
 def test_latency_frame_path_is_capturable(tiny_salad_model: VPRModel, precision: str) -> None:
     """The step a latency extractor captures on a GPU: uint8 frame -> resize -> model -> descriptor."""
     ext = DescriptorExtractor(tiny_salad_model, (224, 224), "cpu", precision, mode="latency")
+    graphs = GraphRunner(ext.runner.infer, ext.device, ext.image_size)  # what a CUDA device captures
     frames = torch.from_numpy(np.stack([load_image(p) for p in FRAMES_640x480[:1]]))
-    found = host_transfers(ext._frame_path, frames, known=(ext._mean, ext._std, *tiny_salad_model.parameters()))
+    found = host_transfers(graphs.frame_path, frames, known=(graphs.mean, graphs.std, *tiny_salad_model.parameters()))
     assert found == []
 
 

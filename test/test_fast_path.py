@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from vpr_ros.cuda_graphs import GraphRunner
 from vpr_ros.errors import InputError
 from vpr_ros.extractor import load_extractor
 from vpr_ros.fast_path import DeviceFailure, FastPathGuard, is_device_failure
@@ -30,13 +31,12 @@ CAPTURE_FAILED = RuntimeError("capturing the latency path ('frames', (1, 480, 64
 def graphed_extractor(failure: BaseException):
     """The node's latency-mode extractor, as on a CUDA machine whose graph capture raises ``failure``."""
     ext = load_extractor(DEMO, device="cpu", mode="latency", batch_size=1)
-    ext._graphed = True  # what a CUDA device sets; capture is where it fails
+    ext._graphs = GraphRunner(ext.runner.infer, ext.device, ext.image_size)  # what a CUDA device sets
 
-    def capture(*_args, **_kwargs):
+    def capture(*_args, **_kwargs):  # capture is where it fails
         raise failure
 
-    ext._frames_graph = capture
-    ext._batch_graph = capture
+    ext._graphs.capture = capture
     return ext
 
 

@@ -91,8 +91,7 @@ def test_recall_results_refuse_it(tmp_path: Path, targets: dict[str, Path]) -> N
 def test_exported_checkpoint_refuses_it(targets: dict[str, Path]) -> None:
     import torch
 
-    from vpr_ros.extractor import read_model_options
-    from vpr_ros.models.loading import infer_config
+    from vpr_ros.models.loading import infer_config, read_model_options
     from vpr_ros.training.export import export_flat
 
     sd = torch.load(DEMO, weights_only=True)

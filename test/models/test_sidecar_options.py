@@ -23,12 +23,12 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from vpr_ros.errors import CheckpointError, InputError, VprError
-from vpr_ros.extractor import load_extractor, read_model_options
+from vpr_ros.extractor import load_extractor
 from vpr_ros.models import load_model
 from vpr_ros.models.a2gc import A2GCConfig
 from vpr_ros.models.boq import BoQConfig
 from vpr_ros.models.dinov2 import DinoV2Config
-from vpr_ros.models.loading import OPTIONS, parse_config
+from vpr_ros.models.loading import OPTIONS, parse_config, read_model_options
 from vpr_ros.models.megaloc import MegaLocConfig
 from vpr_ros.models.salad import SaladConfig
 from vpr_ros.preprocess import check_image_size

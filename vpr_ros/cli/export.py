@@ -22,8 +22,8 @@ def parse_batch(text: str) -> int | None:
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
-    from vpr_ros.extractor import read_model_options
     from vpr_ros.models import load_model
+    from vpr_ros.models.loading import read_model_options
     from vpr_ros.models.onnx_export import check_images, check_parity, export_onnx
     from vpr_ros.preprocess import DEFAULT_IMAGE_SIZE
 

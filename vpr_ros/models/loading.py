@@ -16,12 +16,14 @@ import json
 import math
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from vpr_ros.errors import CheckpointError, InputError
+from vpr_ros.errors import CheckpointError, InputError, MissingFileError
 from vpr_ros.io.checkpoints import read_checkpoint, unwrap_state_dict
+from vpr_ros.io.files import file_kind
 from vpr_ros.models.dinov2 import HEAD_DIM, PATCH_SIZE, DinoV2Config
 from vpr_ros.models.family import AGG_PREFIX, BACKBONE_PREFIX, AggregatorConfig, StateDict, block_count, shape
 from vpr_ros.models.option_checks import BOOL, SIZE, Check, int_range, is_int, one_of
@@ -31,6 +33,7 @@ from vpr_ros.preprocess import check_image_size
 from vpr_ros.types import MAX_IMAGE_SIDE
 
 Source = str | os.PathLike | Mapping[str, Any]
+MAX_OPTIONS_BYTES = 1 << 20  # a model options file is a few hundred bytes; a larger one is another file
 # Backbone prefixes of the released files, in the order they are tried: ours first, then the
 # families' own (BoQ: ``backbone.dino.``, MegaLoc: ``backbone.``).
 BACKBONE_ALIASES = tuple(dict.fromkeys((BACKBONE_PREFIX, *(cls.backbone_prefix for cls in reversed(FAMILIES)))))
@@ -337,3 +340,40 @@ def load_backbone_weights(model: VPRModel, source: str | os.PathLike | Mapping[s
         )
     load_strict(model.backbone.model, sd)
     return model
+
+
+def sidecar_path(checkpoint: str | os.PathLike) -> Path:
+    """The ``.json`` that training's export writes next to a checkpoint (``model.pt`` -> ``model.json``)."""
+    return Path(checkpoint).with_suffix(".json")
+
+
+def read_model_options(checkpoint: Source, config: Source | None = None) -> dict[str, Any] | None:
+    """Model options for ``checkpoint``: ``config`` (a JSON file or a dict) when given, else the checkpoint's
+    sidecar ``.json`` when there is one, else None (shapes alone decide). Every option is checked
+    (:func:`parse_config`): a bad one is an InputError naming the file, the field and what it accepts."""
+    if isinstance(config, Mapping):
+        parse_config(config)
+        return dict(config)
+    if config is None and isinstance(checkpoint, Mapping):
+        return None  # an in-memory state dict has no sidecar
+    path = Path(config) if config is not None else sidecar_path(checkpoint)
+    if config is None and not path.is_file():
+        return None
+    if not path.exists():
+        raise MissingFileError(f"model config not found: {path}")
+    if not path.is_file():  # a FIFO would block the read forever
+        raise InputError(f"model config {path} is {file_kind(path.stat().st_mode)}, not a JSON file")
+    if path.stat().st_size > MAX_OPTIONS_BYTES:
+        raise InputError(f"model config {path} is {path.stat().st_size:,} bytes; model options take a few hundred "
+                         f"(at most {MAX_OPTIONS_BYTES:,}): is it the right file?")
+    try:
+        options = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # ValueError: bad JSON, a number of 5000 digits
+        raise InputError(f"model config {path} is not readable JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise InputError(f"model config {path} nests arrays or objects too deeply to be model options") from exc
+    if not isinstance(options, dict):
+        raise InputError(f"model config {path} must hold a JSON object of model options, got "
+                         f"{type(options).__name__}")
+    parse_config(options, f"model config {path}")  # every field checked here, naming this file
+    return options

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from vpr_ros.errors import CheckpointError, InputError, MissingFileError
 from vpr_ros.types import ModelIdentity
@@ -121,10 +122,12 @@ def _provider_options(providers: list[str], device: str | None, fp16: bool) -> l
 class OnnxModel:
     """An exported descriptor model: ``images [B, 3, H, W] float32 -> (descriptors, patch map)``.
 
-    Offers what :class:`vpr_ros.extractor.DescriptorExtractor` and the map identity read from a
-    :class:`vpr_ros.models.VPRModel`: ``cfg.describe()``, ``descriptor_dim``, ``checkpoint_sha256``
-    and ``check_input``.
+    Offers what the map identity reads from a :class:`vpr_ros.models.VPRModel` (``cfg.describe()``,
+    ``descriptor_dim``, ``checkpoint_sha256``, ``check_input``) and is a :class:`vpr_ros.backends.Backend`.
     """
+
+    device = torch.device("cpu")  # tensors in and out; onnxruntime places the work itself
+    compiled = False
 
     def __init__(self, path: str | os.PathLike, device: str | None = "auto") -> None:
         try:
@@ -212,3 +215,13 @@ class OnnxModel:
                 acc.append(out[:n])
         outs = [np.concatenate(p) for p in parts]
         return outs[0], (outs[1] if patch_tokens else None)
+
+    def label(self, mode: str) -> str:
+        return "onnxruntime " + ", ".join(p.removesuffix("ExecutionProvider") for p in self.providers)
+
+    def infer(self, batch: torch.Tensor, patch_tokens: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        desc, fmap = self.run(batch.cpu().numpy(), patch_tokens)
+        return torch.from_numpy(desc), (None if fmap is None else torch.from_numpy(fmap))
+
+    def use_eager(self, sdpa: object) -> None:
+        """Nothing to leave: an export has no compiled or captured path."""
