@@ -594,3 +594,20 @@ def test_retrieval_only_use_needs_no_stamps_and_one_query_gives_one_row(tmp_path
     assert empty_ids.tolist() == [-1, -1] and np.isneginf(empty_scores).all()
     back = copy(pm, tmp_path / "m")  # saved and loaded with the default stamps
     assert back.place(19).stamp_ns == 0 and np.array_equal(back.search(v[3, 1], 4)[1], found)
+
+
+def test_open_adds_to_the_saved_map_or_starts_one_and_input_size_follows_it(tmp_path: Path) -> None:
+    """The open-or-create and input-size rules the node, the map builder and the query commands share."""
+    model = ModelIdentity("demo", (112, 140), 16, "ab" * 32)
+    fresh = PlaceMap.open(tmp_path / "m", model, "hnsw")
+    assert len(fresh) == 0 and fresh.kind.name == "hnsw" and fresh.model_id == model
+    assert PlaceMap.open(None, model).dim == 16  # no path: a map in memory
+    assert PlaceMap.input_size(tmp_path / "m") is None and PlaceMap.input_size(None, (98, 98)) == (98, 98)
+    small_map(model_id=model).save(tmp_path / "m")
+    assert len(PlaceMap.open(tmp_path / "m", model)) == 20  # append is the default
+    with pytest.raises(FileExistsError, match="append"):
+        PlaceMap.open(tmp_path / "m", model, append=False)
+    with pytest.raises(ModelMismatchError):
+        PlaceMap.open(tmp_path / "m", dataclasses.replace(model, checkpoint_sha256="cd" * 32))
+    assert PlaceMap.input_size(tmp_path / "m") == (112, 140)  # the size the map was built with
+    assert PlaceMap.input_size(tmp_path / "m", (322, 322)) == (322, 322)  # unless one is asked for

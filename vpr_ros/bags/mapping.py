@@ -31,7 +31,6 @@ from vpr_ros.bags.reader import Frame, ReadStats, read_frames
 from vpr_ros.errors import BagError, InputError, VprError
 from vpr_ros.extractor import DescriptorExtractor
 from vpr_ros.maps.keyframes import KeyframeSelector
-from vpr_ros.maps.locking import lock_map
 from vpr_ros.maps.place_map import PlaceMap
 
 LOG = logging.getLogger(__name__)
@@ -136,7 +135,7 @@ def build_map(
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     selector = KeyframeSelector(min_period, min_distance, novelty)
     out = Path(out)
-    with lock_map(out):  # held until saved: MapLockedError while another process writes this map
+    with PlaceMap.lock(out):  # held until saved: MapLockedError while another process writes this map
         pm = PlaceMap.open(out, extractor.identity, index, append)
         summary, stats = BuildSummary(out), ReadStats()
         origin = [pm.enu_origin]  # appended NavSatFix poses share the map's ENU frame

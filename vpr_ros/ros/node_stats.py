@@ -1,10 +1,9 @@
 """What a node reports in ``/diagnostics``: its counters, its latencies and the health they add up to.
 
-A node that rejects every frame (a model that outputs NaN, a camera sending an unsupported
-encoding) or cannot save its map must not report OK: the health follows the outcome of the last
-``window`` frames and the last save. Counts that a part of the node keeps for itself (the frame
-slot's received and dropped, the keyframe gate's skips, the loop-pair pacer's) are read at their
-place in the report, so one object owns the whole report and its order.
+A node that rejects every frame (a model that outputs NaN, a camera sending an unsupported encoding) or
+cannot save its map must not report OK: the health follows the last ``window`` frames and the last save.
+Counts a part of the node keeps for itself (the frame slot's, the keyframe gate's, the pair pacer's) are
+read at their place in the report, so one object owns the whole report and its order.
 """
 
 from __future__ import annotations
@@ -45,12 +44,10 @@ class NodeStats:
                  min_frames: int = 5) -> None:
         self._counts: dict[str, int] = dict.fromkeys(counters, 0)
         self._readers: dict[str, Callable[[], int]] = {}
-        self.done = done
-        self.latency = LatencyStats()  # frame received -> outputs published
-        self.model_time = LatencyStats()  # the model's share of it
-        self._outcomes: deque[bool] = deque(maxlen=window)  # True: rejected
+        self.done, self.frame_timeout = done, frame_timeout
         self.warn_fraction, self.min_frames = warn_fraction, min_frames
-        self.frame_timeout = frame_timeout
+        self.latency, self.model_time = LatencyStats(), LatencyStats()  # frame received -> published; the model's share
+        self._outcomes: deque[bool] = deque(maxlen=window)  # True: rejected
         self.sources = {"": sources} if isinstance(sources, str) else dict(sources)
         self.save_error: str | None = None
         self._last_frame: dict[str, float | None] = dict.fromkeys(self.sources)
@@ -85,8 +82,7 @@ class NodeStats:
 
     def counts(self) -> dict[str, int]:
         with self._lock:
-            own = dict(self._counts)
-        return {name: self._readers[name]() if name in self._readers else n for name, n in own.items()}
+            return {name: self._readers[name]() if name in self._readers else n for name, n in self._counts.items()}
 
     def values(self) -> dict[str, int | str]:
         """The ``/diagnostics`` values: every counter, then the latencies."""
