@@ -192,3 +192,7 @@ def test_stamps_stay_integer_nanoseconds(demo, photos) -> None:
     # the exclusion window is counted in nanoseconds too: a frame 30 s minus 1 ns later finds nothing
     (c,) = rec.process_batch([CameraFrame(photos["graf1"], first + 30 * 10**9 - 1)])
     assert c.decision.reason == "no candidate outside the exclusion window"
+    # and so is the keyframe gate: 1 ns short of min_period is too soon, which seconds could not tell
+    gated = PlaceRecognizer(demo, pm, rec.config, "localize", min_period=1.0)
+    assert gated.wants(first) and not gated.wants(first + 10**9 - 1) and gated.wants(first + 10**9)
+    assert ns_to_seconds(first + 10**9 - 1) - ns_to_seconds(first) == 1.0

@@ -149,7 +149,7 @@ def build_map(
                     tqdm(desc="build-map", total=total, unit="frame", disable=not progress, dynamic_ncols=True) as bar:
                 for frame in ahead:
                     bar.update()
-                    if selector.sample(frame.seconds, None if frame.pose is None else frame.pose.position):
+                    if selector.sample(frame.stamp_ns, None if frame.pose is None else frame.pose.position):
                         pending.append(frame)
                     if len(pending) >= batch_size:
                         _add(pm, extractor, pending, selector, summary)

@@ -118,7 +118,7 @@ class PlaceRecognizer:
 
     def wants(self, stamp_ns: int, camera: str = "") -> bool:
         """Keyframe gate of ``camera``, checked before a frame is decoded (skipped frames cost nothing)."""
-        return self._camera(camera).keyframes.sample(ns_to_seconds(stamp_ns))
+        return self._camera(camera).keyframes.sample(stamp_ns)
 
     def process(self, rgb: np.ndarray, stamp_ns: int, frame_id: str = "", source: str = "",
                 camera: str = "") -> Outcome:

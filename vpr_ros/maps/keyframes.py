@@ -17,6 +17,7 @@ from collections import Counter
 import numpy as np
 
 from vpr_ros.errors import InputError
+from vpr_ros.types import NS_PER_S
 
 
 class KeyframeSelector:
@@ -25,7 +26,7 @@ class KeyframeSelector:
 
     def __init__(self, min_period: float = 0.0, min_distance: float = 0.0, novelty: float | None = None) -> None:
         self.skipped: Counter[str] = Counter()
-        self._last_stamp: float | None = None
+        self._last_stamp: int | None = None  # nanoseconds
         self._last_position: np.ndarray | None = None
         self._last_descriptor: np.ndarray | None = None
         self.min_period, self.min_distance, self.novelty = 0.0, 0.0, None
@@ -44,9 +45,9 @@ class KeyframeSelector:
         """Forget the last keyframe (the next frame passes); the counters stay."""
         self._last_stamp = self._last_position = self._last_descriptor = None
 
-    def sample(self, seconds: float, position: np.ndarray | None = None) -> bool:
-        """Whether a frame at ``seconds`` (and ``position``, if known) passes the time and distance gates."""
-        if self._last_stamp is not None and abs(seconds - self._last_stamp) < self.min_period:
+    def sample(self, stamp_ns: int, position: np.ndarray | None = None) -> bool:
+        """Whether a frame stamped ``stamp_ns`` (and at ``position``, if known) passes the time and distance gates."""
+        if self._last_stamp is not None and abs(stamp_ns - self._last_stamp) < self.min_period * NS_PER_S:
             self.skipped["period"] += 1
             return False
         if self.min_distance > 0:
@@ -59,7 +60,7 @@ class KeyframeSelector:
                     self.skipped["distance"] += 1
                     return False
                 self._last_position = position
-        self._last_stamp = seconds
+        self._last_stamp = stamp_ns
         return True
 
     def novel(self, descriptor: np.ndarray) -> bool:
