@@ -1,16 +1,10 @@
 """Batched descriptor extraction: images in, unit-norm float32 numpy descriptors out.
 
-Three modes run the same computation (docs/gpu.md):
-
-* ``standard``: eager PyTorch.
-* ``latency``, for a live camera: on a CUDA GPU a compiled backbone, and the whole path of a frame in one
-  CUDA graph per frame shape (:mod:`vpr_ros.cuda_graphs`); it gives what the eager ``fast``-resize path
-  gives, which is what it runs on the CPU.
-* ``throughput``, for maps, evaluation and bags: compiled backbone, the fastest attention kernel for the
-  GPU, decoding and uploads overlapped with compute (:mod:`vpr_ros.pipeline`); on the CPU the standard path.
-
-The network runs through a :class:`~vpr_ros.backends.Backend`: PyTorch (:meth:`VPRModel.describe`, with
-bf16/fp16 autocast for the backbone only) or, for a ``vpr-ros export-onnx`` file, onnxruntime (any mode).
+Three modes run the same computation (docs/gpu.md): ``standard``, eager PyTorch; ``latency``, for a live
+camera, one CUDA graph per frame shape on a GPU (:mod:`vpr_ros.cuda_graphs`), else the eager ``fast``-resize
+path; ``throughput``, for maps, evaluation and bags, decoding and uploads overlapped with compute on a GPU
+(:mod:`vpr_ros.pipeline`), else the standard path. The network runs through a :class:`~vpr_ros.backends.Backend`:
+PyTorch (:meth:`VPRModel.describe`) or, for a ``vpr-ros export-onnx`` file, onnxruntime (any mode).
 """
 
 from __future__ import annotations
