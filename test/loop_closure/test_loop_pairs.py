@@ -11,9 +11,9 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from vpr_ros.errors import InputError
-from vpr_ros.loop_closure.loop_pairs import PairPacer
+from vpr_ros.loop_closure.loop_pairs import PairPacer, pair_seconds
 from vpr_ros.loop_closure.matches import MatchPrior, global_pose_prior
-from vpr_ros.types import Pose
+from vpr_ros.types import Pose, ns_to_seconds, to_ns
 
 
 def test_pacer_sends_at_most_one_pair_per_tick() -> None:
@@ -46,3 +46,12 @@ def test_global_pose_needs_the_mounting_or_a_camera_at_the_base() -> None:
     assert why == "" and at_base.pose == prior.pose
     mounted, why = global_pose_prior(prior, "camera_optical", "front", mounts, "base_link")
     assert why == "" and mounted.pose.position == pytest.approx((1.3, 2.0, 1.2))
+
+
+def test_pairs_go_out_in_seconds_as_they_always_have() -> None:
+    """Pairs stay integer nanoseconds until the message; the place's stamp reads as rclcpp's Time.seconds()
+    reads a stamp (the nanoseconds as a double, over 1e9), which a correctly rounded division can miss by 1 ulp."""
+    current, previous = to_ns(141.0), 1_700_000_000_000_000_126
+    assert ns_to_seconds(previous) != (np.array([previous]) / 1e9)[0]  # where the two readings differ
+    assert pair_seconds((current, previous)) == [141.0, (np.array([previous]) / 1e9)[0]]
+    assert pair_seconds((1_700_000_000_123_456_789, to_ns(5.0))) == [ns_to_seconds(1_700_000_000_123_456_789), 5.0]

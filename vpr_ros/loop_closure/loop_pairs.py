@@ -12,6 +12,7 @@ default, a wall-clock rate): :class:`PairPacer` holds pairs back so that at most
 from __future__ import annotations
 
 from vpr_ros.errors import InputError
+from vpr_ros.types import ns_to_seconds
 
 LIO_SAM_TICK_S = 1.0  # 1 / loopClosureFrequency of LIO-SAM's default params.yaml
 
@@ -49,3 +50,9 @@ class PairPacer:
             return None
         pair, self._held, self._last_sent = self._held, None, now
         return pair
+
+
+def pair_seconds(pair: tuple[int, int]) -> list[float]:
+    """``[t_current, t_previous]`` as ``~/loop_closure`` carries them: the query's stamp correctly rounded, the
+    place's as its nanoseconds in a double over 1e9 (how rclcpp's ``Time.seconds()`` and the map's stamps read)."""
+    return [ns_to_seconds(pair[0]), pair[1] / 1e9]

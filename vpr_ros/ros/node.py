@@ -41,7 +41,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 from vpr_ros.errors import MapSaveError, VprError
 from vpr_ros.fast_path import DeviceFailure
 from vpr_ros.image_msgs import image_to_rgb, stamp_of
-from vpr_ros.loop_closure.loop_pairs import PairPacer
+from vpr_ros.loop_closure.loop_pairs import PairPacer, pair_seconds
 from vpr_ros.loop_closure.matches import MatchPrior, global_pose_prior
 from vpr_ros.loop_closure.recognizer import CameraFrame, Outcome, PlaceRecognizer
 from vpr_ros.maps.place_map import PlaceMap
@@ -52,7 +52,7 @@ from vpr_ros.ros.frame_slot import LatestSlot
 from vpr_ros.ros.node_stats import REJECTED, SAVE_FAILURES, NodeStats
 from vpr_ros.ros.params import PARAMS, RUNTIME, Camera, check_choice, loop_closure_config
 from vpr_ros.ros.startup import StartupError, image_size_param, node_extractor
-from vpr_ros.types import Pose, ns_to_pair, ns_to_seconds, to_ns
+from vpr_ros.types import Pose, ns_to_pair, to_ns
 
 NODE_NAME = "vpr_localize"
 WITHHELD = "loop pairs withheld (place of the loaded map)"  # slam: accepted matches of places loaded from the map
@@ -331,8 +331,8 @@ class LocalizeNode(Node):
             self._send_pair(self.pairs.due(time.monotonic()))
 
     def _send_pair(self, pair: tuple[int, int] | None) -> None:
-        if pair is not None:  # LIO-SAM's [t_current, t_previous], in seconds
-            self.pub_loop.publish(Float64MultiArray(data=[ns_to_seconds(t) for t in pair]))
+        if pair is not None:
+            self.pub_loop.publish(Float64MultiArray(data=pair_seconds(pair)))
 
     @staticmethod
     def _pose_msg(prior: MatchPrior, stamp: tuple[int, int], frame_id: str) -> PoseWithCovarianceStamped:
