@@ -2,9 +2,9 @@
 
 GSV-Cities layout: ``<root>/Dataframes/<City>.csv`` (columns ``place_id, year, month,
 northdeg, city_id, lat, lon, panoid``) and ``<root>/Images/<city_id>/<name>.jpg`` with the name
-built by :func:`image_name`. One dataset item is one place: ``img_per_place`` of its images
-drawn without replacement, so a batch of P places holds P x img_per_place images with the place
-id as label, which is what the multi-similarity miner needs.
+built by :func:`vpr_ros.evaluation.datasets.gsv_image_name`. One dataset item is one place:
+``img_per_place`` of its images drawn without replacement, so a batch of P places holds
+P x img_per_place images with the place id as label, which is what the multi-similarity miner needs.
 
 The place order follows the reference: each city's rows shuffled, cities concatenated in list
 order with ``i * 100000`` added to the i-th city's place ids, places with fewer than
@@ -32,7 +32,7 @@ from PIL import Image
 from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
-from vpr_ros.evaluation.datasets import EvalDataset, load_dataset
+from vpr_ros.evaluation.datasets import GSV_COLUMNS, EvalDataset, gsv_image_name, load_dataset
 from vpr_ros.preprocess import IMAGENET_MEAN, IMAGENET_STD, check_image_size, load_image, preprocess_exact
 
 LOG = logging.getLogger(__name__)
@@ -42,27 +42,15 @@ GSV_CITIES: tuple[str, ...] = (
     "Madrid", "Miami", "Phoenix", "TRT", "Boston", "Lisbon", "Medellin", "Minneapolis", "PRG",
     "WashingtonDC", "Brussels", "London", "Melbourne", "Osaka", "PRS",
 )
-CSV_COLUMNS: tuple[str, ...] = ("place_id", "year", "month", "northdeg", "city_id", "lat", "lon", "panoid")
 CITY_ID_OFFSET = 100_000  # the i-th city's place ids are shifted by i * 100000
 PAPER_VAL_SETS: tuple[str, ...] = ("pitts30k_val", "pitts30k_test", "msls_val")
 # Validation sets that vpr_ros.evaluation.datasets does not list but that use a listed set's layout.
 
 _LAYOUT_HINT = (
     "expected GSV-Cities layout: <root>/Dataframes/<City>.csv with columns "
-    + ", ".join(CSV_COLUMNS)
+    + ", ".join(GSV_COLUMNS)
     + " and images <root>/Images/<city_id>/<city_id>_<place_id:07d>_<year>_<month>_<northdeg>_<lat>_<lon>_<panoid>.jpg"
 )
-
-
-def image_name(city_id: str, place_id: int, year: int, month: int, northdeg: int, lat: str, lon: str,
-               panoid: str) -> str:
-    """File name of a GSV-Cities image, as the reference dataset builds it.
-
-    ``lat``/``lon`` are the CSV text; they are written as Python's shortest float text
-    (``str(float(x))``), which is what the reference gets from pandas' parsed floats.
-    """
-    return (f"{city_id}_{place_id % CITY_ID_OFFSET:07d}_{year:04d}_{month:02d}_{northdeg:03d}_"
-            f"{float(lat)!s}_{float(lon)!s}_{panoid}.jpg")
 
 
 @dataclass(frozen=True)
@@ -84,9 +72,9 @@ def read_city_csv(root: Path, city: str, offset: int = 0) -> CityTable:
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
-        missing = [c for c in CSV_COLUMNS if c not in header]
+        missing = [c for c in GSV_COLUMNS if c not in header]
         if missing:
-            raise ValueError(f"{path}: missing column(s) {missing}; expected columns {', '.join(CSV_COLUMNS)} "
+            raise ValueError(f"{path}: missing column(s) {missing}; expected columns {', '.join(GSV_COLUMNS)} "
                              f"(found {header})")
         for row in reader:
             line = reader.line_num
@@ -96,15 +84,14 @@ def read_city_csv(root: Path, city: str, offset: int = 0) -> CityTable:
                 bad = next(k for k in ("place_id", "year", "month", "northdeg") if not _is_int(row[k]))
                 raise ValueError(f"{path}, line {line}: {bad} must be an integer, got {row[bad]!r}") from None
             try:
-                name = image_name(row["city_id"], ints["place_id"], ints["year"], ints["month"], ints["northdeg"],
-                                  row["lat"], row["lon"], row["panoid"])
+                name = gsv_image_name(row)
             except (TypeError, ValueError):
                 raise ValueError(f"{path}, line {line}: lat/lon must be numbers, got {row['lat']!r}, "
                                  f"{row['lon']!r}") from None
             ids.append(ints["place_id"] + offset)
             paths.append(f"Images/{row['city_id']}/{name}")
     if not ids:
-        raise ValueError(f"{path}: no rows; expected one row per image with columns {', '.join(CSV_COLUMNS)}")
+        raise ValueError(f"{path}: no rows; expected one row per image with columns {', '.join(GSV_COLUMNS)}")
     return CityTable(city, np.asarray(ids, dtype=np.int64), tuple(paths))
 
 

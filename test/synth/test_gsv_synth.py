@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vpr_ros.evaluation.datasets import load_dataset
+from vpr_ros.evaluation.datasets import GSV_COLUMNS, load_dataset
 from vpr_ros.synth.gsv import (
-    GSV_COLUMNS,
     SKIMAGE_PHOTOS,
     main,
     make_gsv_dataset,

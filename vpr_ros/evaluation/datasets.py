@@ -38,7 +38,7 @@ plausible recall table. Any problem is a :class:`DatasetError` naming the file.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +86,17 @@ class EvalDataset:
     def q_paths(self) -> list[Path]:
         """Absolute paths of the queries, in file order."""
         return [self.root / p for p in self.q_images]
+
+
+# GSV-Cities (the training set): one CSV per city with these columns, one image per row named by gsv_image_name.
+GSV_COLUMNS = ("place_id", "year", "month", "northdeg", "city_id", "lat", "lon", "panoid")
+
+
+def gsv_image_name(row: Mapping[str, object]) -> str:
+    """A GSV-Cities image's file name from its CSV row, as the reference loader builds it (``lat``/``lon`` as
+    Python's shortest float text, which is what pandas' parsed floats give)."""
+    return (f"{row['city_id']}_{int(row['place_id']) % 10**5:07d}_{int(row['year']):04d}_{int(row['month']):02d}_"
+            f"{int(row['northdeg']):03d}_{float(row['lat'])}_{float(row['lon'])}_{row['panoid']}.jpg")
 
 
 Loaded = tuple["EvalDataset", Sequence[Path | str]]  # as read, and the files of its references, queries, positives

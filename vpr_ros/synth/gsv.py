@@ -35,11 +35,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from vpr_ros.evaluation.datasets import DATASET_SPECS, DATASETS
+from vpr_ros.evaluation.datasets import DATASET_SPECS, DATASETS, GSV_COLUMNS, gsv_image_name
 from vpr_ros.synth.eval_data import _REVISIT_PARTNERS, SCENES_DIR, _key, write_dataset
 from vpr_ros.synth.views import random_view
 
-GSV_COLUMNS = ("place_id", "year", "month", "northdeg", "city_id", "lat", "lon", "panoid")
 MAX_PHOTO_SIDE = 1024  # larger photos are downscaled once: views are small, and sampling stays fast
 VIEW_SCALE = (0.55, 0.9)  # view window as a fraction of the place's region
 
@@ -221,14 +220,6 @@ def make_gsv_dataset(
             writer.writeheader()
             writer.writerows(rows)
     return root
-
-
-def gsv_image_name(row: dict) -> str:
-    """The GSV-Cities image file name of a dataframe row (same rule as the GSV-Cities loader)."""
-    return (
-        f"{row['city_id']}_{int(row['place_id']) % 10**5:07d}_{int(row['year']):04d}_{int(row['month']):02d}_"
-        f"{int(row['northdeg']):03d}_{float(row['lat'])}_{float(row['lon'])}_{row['panoid']}.jpg"
-    )
 
 
 def make_val_views(
