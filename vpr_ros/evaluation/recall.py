@@ -129,16 +129,12 @@ def weights_digest(model: torch.nn.Module) -> str:
 
 
 def extractor_identity(extractor: DescriptorExtractor) -> dict[str, Any]:
-    """What decides the descriptors: architecture, weights, input size, precision, resize mode."""
-    model = extractor.model
-    return {
-        "arch": model.cfg.describe(),
-        "weights_sha256": model.checkpoint_sha256 or weights_digest(model),
-        "image_size": list(extractor.image_size),
-        "descriptor_dim": int(extractor.descriptor_dim),
-        "precision": extractor.precision,
-        "resize": extractor.resize,
-    }
+    """What decides the descriptors: the model's identity (its weights hashed when it was not read from a
+    file), and the precision and resize mode it runs with."""
+    model = extractor.identity  # image_size as a list: the cache compares this with its JSON copy
+    return {"arch": model.arch, "image_size": list(model.image_size), "descriptor_dim": model.descriptor_dim,
+            "checkpoint_sha256": model.checkpoint_sha256 or weights_digest(extractor.model),
+            "precision": extractor.precision, "resize": extractor.resize}
 
 
 class DescriptorCache:
