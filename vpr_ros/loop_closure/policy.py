@@ -10,8 +10,7 @@ A candidate is accepted only if it passes every gate, in this order:
 4. **temporal consistency** - at least ``consistency_k`` of the last ``consistency_n`` queries
    (this one included) matched places within ``consistency_seconds`` of this match.
 
-Everything here is plain Python and numpy: the ROS node only feeds it descriptors and stamps (integer
-nanoseconds). Each candidate carries its :class:`~vpr_ros.maps.places.Place`, looked up once here.
+Plain Python and numpy: the node feeds it descriptors and integer-nanosecond stamps; candidates carry their Place.
 """
 
 from __future__ import annotations

@@ -2,14 +2,13 @@
 
 :class:`PlaceRecognizer` takes decoded frames with their stamps and returns everything the node
 publishes; the ROS node only converts messages, runs this on its worker thread and publishes.
-In ``localize`` mode the map is fixed (another run's map: no exclusion window); in ``slam`` mode
-every described frame is queried first and then added as a place, with the odometry pose
-interpolated at its stamp.
+Stamps are integer nanoseconds throughout. In ``localize`` mode the map is fixed (another run's map:
+no exclusion window); in ``slam`` mode every described frame is queried first and then added as a
+place, with the odometry pose interpolated at its stamp.
 
-Stamps stay integer nanoseconds throughout. Only in ``slam`` mode does an accepted match become a
-loop-closure pair of two stamps (:attr:`Outcome.loop_pair`), and only when the matched place was added
-in this run: a consumer such as LIO-SAM knows the keyframes of this run only (see
-:mod:`vpr_ros.loop_closure.loop_pairs`).
+Only in ``slam`` mode does an accepted match become a loop-closure pair of two stamps
+(:attr:`Outcome.loop_pair`), and only when the matched place was added in this run: a consumer such as
+LIO-SAM knows the keyframes of this run only (see :mod:`vpr_ros.loop_closure.loop_pairs`).
 
 Several cameras share one map: each camera has its own keyframe gate and its own consistency
 history (a match is confirmed by the same camera's next frames), the frames of all cameras that

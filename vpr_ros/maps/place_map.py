@@ -285,10 +285,8 @@ class PlaceMap:
     def input_size(path: str | os.PathLike | None, asked: tuple[int, int] | None = None) -> tuple[int, int] | None:
         """The size to describe frames at for the map at ``path``: ``asked`` when given, else the size the map was
         built with (None: no map there yet, or one that does not say)."""
-        if asked is not None or path is None or not map_store.exists(path):
-            return asked
-        model = map_store.info(path).model
-        return None if model is None else model.image_size
+        model = map_store.info(path).model if asked is None and path is not None and map_store.exists(path) else None
+        return asked if model is None else model.image_size
 
 
 def _pose_row(pose: Pose) -> list[float]:

@@ -86,9 +86,8 @@ class LocalizeNode(Node):
                                               len(self.cameras))
         if self.mode == "localize" and self.map_path is None:
             raise StartupError("localize mode needs parameter 'map' (a map folder built earlier)")
-        model_id = self.extractor.identity
-        self.map = PlaceMap.load(self.map_path, model_id) if self.mode == "localize" else \
-            PlaceMap.open(self.map_path, model_id, p["index"])
+        self.map = PlaceMap.open(self.map_path, self.extractor.identity, p["index"]) if self.mode == "slam" else \
+            PlaceMap.load(self.map_path, self.extractor.identity)
         self.calibrated = None if self.map.calibration is None else float(self.map.calibration["threshold"])
         config = loop_closure_config(p, self.mode, self.calibrated)
         self.recognizer = PlaceRecognizer(self.extractor, self.map, config, self.mode,
