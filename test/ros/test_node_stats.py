@@ -16,9 +16,8 @@ COUNTERS = ["frames received", "frames dropped (busy)", "frames processed", "fra
 def test_counters_add_up_and_keep_their_order() -> None:
     """Every frame received is dropped (busy), processed or rejected; the report lists them in the given order."""
     slot: LatestSlot[int] = LatestSlot()
-    stats = NodeStats(COUNTERS, "frames processed")
-    stats.read("frames received", lambda: slot.received)
-    stats.read("frames dropped (busy)", lambda: slot.dropped)
+    stats = NodeStats(COUNTERS, "frames processed", readers={"frames received": lambda: slot.received,
+                                                             "frames dropped (busy)": lambda: slot.dropped})
     for i in range(10):
         slot.put(i)
         if i % 3 == 0:  # the worker takes every third frame: the others replace each other

@@ -99,13 +99,11 @@ class LocalizeNode(Node):
         topics = {cam.name: self._image_topics(cam.image_topic) for cam in self.cameras}
         listening = " and ".join(t for pair in topics.values() for t in pair)
         self.stats = NodeStats(COUNTERS, "frames processed", float(p["frame_timeout"]),
-                               {name: " and ".join(pair) for name, pair in topics.items()})
-        for name, reader in (("frames received", lambda: self.slot.received),
-                             ("frames dropped (busy)", lambda: self.slot.dropped),
-                             ("frames skipped (keyframe period)", lambda: self.recognizer.skipped["period"]),
-                             ("loop pairs held back (rate)", lambda: self.pairs.held_back),
-                             ("loop pairs superseded (rate)", lambda: self.pairs.superseded)):
-            self.stats.read(name, reader)
+                               {name: " and ".join(pair) for name, pair in topics.items()}, readers={
+            "frames received": lambda: self.slot.received, "frames dropped (busy)": lambda: self.slot.dropped,
+            "frames skipped (keyframe period)": lambda: self.recognizer.skipped["period"],
+            "loop pairs held back (rate)": lambda: self.pairs.held_back,
+            "loop pairs superseded (rate)": lambda: self.pairs.superseded})
 
         latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.pub_loop = self.create_publisher(Float64MultiArray, "~/loop_closure", 10)

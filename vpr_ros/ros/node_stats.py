@@ -3,7 +3,7 @@
 A node that rejects every frame (a model that outputs NaN, a camera sending an unsupported encoding) or
 cannot save its map must not report OK: the health follows the last ``window`` frames and the last save.
 Counts a part of the node keeps for itself (the frame slot's, the keyframe gate's, the pair pacer's) are
-read at their place in the report, so one object owns the whole report and its order.
+read at their place in the report (``readers``), so one object owns the whole report and its order.
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ class NodeStats:
     """
 
     def __init__(self, counters: Sequence[str], done: str, frame_timeout: float = 5.0,
-                 sources: str | Mapping[str, str] = "the camera", window: int = 50, warn_fraction: float = 0.2,
-                 min_frames: int = 5) -> None:
+                 sources: str | Mapping[str, str] = "the camera", readers: Mapping[str, Callable[[], int]] = {},
+                 window: int = 50, warn_fraction: float = 0.2, min_frames: int = 5) -> None:
         self._counts: dict[str, int] = dict.fromkeys(counters, 0)
-        self._readers: dict[str, Callable[[], int]] = {}
+        self._readers = dict(readers)  # counter -> the count its owner keeps
         self.done, self.frame_timeout = done, frame_timeout
         self.warn_fraction, self.min_frames = warn_fraction, min_frames
         self.latency, self.model_time = LatencyStats(), LatencyStats()  # frame received -> published; the model's share
@@ -53,10 +53,6 @@ class NodeStats:
         self._last_frame: dict[str, float | None] = dict.fromkeys(self.sources)
         self._started = time.monotonic()
         self._lock = threading.Lock()
-
-    def read(self, counter: str, reader: Callable[[], int]) -> None:
-        """Report ``counter`` from ``reader``: a count its owner keeps (the slot's, a gate's)."""
-        self._readers[counter] = reader
 
     def count(self, counter: str, n: int = 1) -> None:
         with self._lock:

@@ -96,9 +96,8 @@ class RgbdDescriptorNode(Node):
         self.topic_in = self.resolve_topic_name("rgbd_image")
         self.topic_out = self.resolve_topic_name("rgbd_image_vpr")
         self.stats = NodeStats(["frames received", "frames dropped (busy)", "frames published", REJECTED],
-                               "frames published", float(p["frame_timeout"]), self.topic_in)
-        self.stats.read("frames received", lambda: self.slot.received)
-        self.stats.read("frames dropped (busy)", lambda: self.slot.dropped)
+                               "frames published", float(p["frame_timeout"]), self.topic_in, readers={
+            "frames received": lambda: self.slot.received, "frames dropped (busy)": lambda: self.slot.dropped})
 
         self.pub = self.create_publisher(rgbd_type, "rgbd_image_vpr", OUTPUT_QOS)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
