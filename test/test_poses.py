@@ -17,9 +17,9 @@ from std_msgs.msg import Header
 
 from vpr_ros.errors import InputError
 from vpr_ros.poses import MAX_POSITION_M, PoseBuffer, pose_from_msg, slerp
-from vpr_ros.types import Pose
+from vpr_ros.types import NS_PER_S, Pose, to_ns
 
-T0 = 1_700_000_000.0  # realistic epoch stamps: float seconds resolve 0.24 us there, hence atol=1e-5 below
+T0 = 1_700_000_000.0  # realistic epoch stamps (seconds, made nanoseconds by to_ns); atol=1e-5 below
 
 
 def yaw_quat(yaw: float) -> np.ndarray:
@@ -33,24 +33,24 @@ def yaw_of(pose: Pose) -> float:
 
 def test_exact_at_samples_and_linear_between() -> None:
     buf = PoseBuffer()
-    buf.add(T0, [0, 0, 0], yaw_quat(0), "odom")
-    buf.add(T0 + 0.2, [2, -4, 1], yaw_quat(0), "odom")
-    assert buf.lookup(T0) == Pose((0.0, 0.0, 0.0), (0.0, 0.0, 0.0, 1.0), "odom")
-    assert buf.lookup(T0 + 0.2).position == (2.0, -4.0, 1.0)
-    mid = buf.lookup(T0 + 0.1)
+    buf.add(to_ns(T0), [0, 0, 0], yaw_quat(0), "odom")
+    buf.add(to_ns(T0 + 0.2), [2, -4, 1], yaw_quat(0), "odom")
+    assert buf.lookup(to_ns(T0)) == Pose((0.0, 0.0, 0.0), (0.0, 0.0, 0.0, 1.0), "odom")
+    assert buf.lookup(to_ns(T0 + 0.2)).position == (2.0, -4.0, 1.0)
+    mid = buf.lookup(to_ns(T0 + 0.1))
     np.testing.assert_allclose(mid.position, (1.0, -2.0, 0.5), atol=1e-5)
-    np.testing.assert_allclose(buf.lookup(T0 + 0.05).position, (0.5, -1.0, 0.25), atol=1e-5)
+    np.testing.assert_allclose(buf.lookup(to_ns(T0 + 0.05)).position, (0.5, -1.0, 0.25), atol=1e-5)
     assert mid.frame_id == "odom"
 
 
 def test_slerp_of_90_degree_yaw_gives_45_at_half() -> None:
     buf = PoseBuffer()
-    buf.add(T0, [0, 0, 0], yaw_quat(0), "odom")
-    buf.add(T0 + 0.4, [0, 0, 0], yaw_quat(math.pi / 2), "odom")
-    half = buf.lookup(T0 + 0.2)
+    buf.add(to_ns(T0), [0, 0, 0], yaw_quat(0), "odom")
+    buf.add(to_ns(T0 + 0.4), [0, 0, 0], yaw_quat(math.pi / 2), "odom")
+    half = buf.lookup(to_ns(T0 + 0.2))
     assert yaw_of(half) == pytest.approx(math.pi / 4, abs=1e-5)
     assert np.linalg.norm(half.orientation) == pytest.approx(1.0)
-    assert yaw_of(buf.lookup(T0 + 0.1)) == pytest.approx(math.pi / 8, abs=1e-5)  # constant angular rate
+    assert yaw_of(buf.lookup(to_ns(T0 + 0.1))) == pytest.approx(math.pi / 8, abs=1e-5)  # constant angular rate
 
 
 def test_slerp_takes_the_short_way_for_negated_quaternions() -> None:
@@ -72,37 +72,37 @@ def test_nearly_parallel_quaternions_use_nlerp() -> None:
 
 def test_gap_too_long_gives_none_but_close_samples_still_count() -> None:
     buf = PoseBuffer(max_gap_s=0.5)
-    buf.add(T0, [0, 0, 0], yaw_quat(0), "odom")
-    buf.add(T0 + 2.0, [10, 0, 0], yaw_quat(0), "odom")
-    assert buf.lookup(T0 + 1.0) is None  # no interpolation across a 2 s dropout
-    assert buf.lookup(T0 + 0.2).position == (0.0, 0.0, 0.0)  # within max_gap/2 of a sample
-    assert buf.lookup(T0 + 1.9).position == (10.0, 0.0, 0.0)
+    buf.add(to_ns(T0), [0, 0, 0], yaw_quat(0), "odom")
+    buf.add(to_ns(T0 + 2.0), [10, 0, 0], yaw_quat(0), "odom")
+    assert buf.lookup(to_ns(T0 + 1.0)) is None  # no interpolation across a 2 s dropout
+    assert buf.lookup(to_ns(T0 + 0.2)).position == (0.0, 0.0, 0.0)  # within max_gap/2 of a sample
+    assert buf.lookup(to_ns(T0 + 1.9)).position == (10.0, 0.0, 0.0)
 
 
 def test_gap_at_the_limit_interpolates() -> None:
     buf = PoseBuffer(max_gap_s=0.5)
-    buf.add(T0, [0, 0, 0], yaw_quat(0), "odom")
-    buf.add(T0 + 0.5, [1, 0, 0], yaw_quat(0), "odom")
-    assert buf.lookup(T0 + 0.4).position == pytest.approx((0.8, 0.0, 0.0), abs=1e-5)
+    buf.add(to_ns(T0), [0, 0, 0], yaw_quat(0), "odom")
+    buf.add(to_ns(T0 + 0.5), [1, 0, 0], yaw_quat(0), "odom")
+    assert buf.lookup(to_ns(T0 + 0.4)).position == pytest.approx((0.8, 0.0, 0.0), abs=1e-5)
 
 
 def test_outside_the_range_uses_nearest_within_half_gap() -> None:
     buf = PoseBuffer(max_gap_s=0.5)
-    assert buf.lookup(T0) is None  # empty
-    buf.add(T0, [1, 2, 3], yaw_quat(0.3), "odom")
-    buf.add(T0 + 0.1, [2, 2, 3], yaw_quat(0.3), "odom")
-    assert buf.lookup(T0 + 0.1 + 0.24).position == (2.0, 2.0, 3.0)  # odometry lagging the image
-    assert buf.lookup(T0 - 0.24).position == (1.0, 2.0, 3.0)
-    assert buf.lookup(T0 + 0.1 + 0.26) is None
-    assert buf.lookup(T0 - 0.26) is None
+    assert buf.lookup(to_ns(T0)) is None  # empty
+    buf.add(to_ns(T0), [1, 2, 3], yaw_quat(0.3), "odom")
+    buf.add(to_ns(T0 + 0.1), [2, 2, 3], yaw_quat(0.3), "odom")
+    assert buf.lookup(to_ns(T0 + 0.1 + 0.24)).position == (2.0, 2.0, 3.0)  # odometry lagging the image
+    assert buf.lookup(to_ns(T0 - 0.24)).position == (1.0, 2.0, 3.0)
+    assert buf.lookup(to_ns(T0 + 0.1 + 0.26)) is None
+    assert buf.lookup(to_ns(T0 - 0.26)) is None
 
 
 def test_no_interpolation_across_a_frame_change() -> None:
     buf = PoseBuffer()
-    buf.add(T0, [0, 0, 0], yaw_quat(0), "odom")
-    buf.add(T0 + 0.4, [5, 0, 0], yaw_quat(0), "map")
-    assert buf.lookup(T0 + 0.1) == Pose((0.0, 0.0, 0.0), (0.0, 0.0, 0.0, 1.0), "odom")
-    assert buf.lookup(T0 + 0.3).frame_id == "map"
+    buf.add(to_ns(T0), [0, 0, 0], yaw_quat(0), "odom")
+    buf.add(to_ns(T0 + 0.4), [5, 0, 0], yaw_quat(0), "map")
+    assert buf.lookup(to_ns(T0 + 0.1)) == Pose((0.0, 0.0, 0.0), (0.0, 0.0, 0.0, 1.0), "odom")
+    assert buf.lookup(to_ns(T0 + 0.3)).frame_id == "map"
 
 
 def test_out_of_order_adds_and_duplicates() -> None:
@@ -110,39 +110,39 @@ def test_out_of_order_adds_and_duplicates() -> None:
     stamps = T0 + np.arange(50) * 0.05
     rng = np.random.default_rng(1)
     for s in stamps:
-        ordered.add(s, [s - T0, 0, 0], yaw_quat(s - T0), "odom")
+        ordered.add(to_ns(s), [s - T0, 0, 0], yaw_quat(s - T0), "odom")
     for s in rng.permutation(stamps):
-        shuffled.add(s, [s - T0, 0, 0], yaw_quat(s - T0), "odom")
+        shuffled.add(to_ns(s), [s - T0, 0, 0], yaw_quat(s - T0), "odom")
     for q in T0 + rng.uniform(-0.1, 2.6, 100):
-        assert ordered.lookup(q) == shuffled.lookup(q)
-    shuffled.add(stamps[10], [99, 0, 0], yaw_quat(0), "odom")  # same stamp replaces
-    assert len(shuffled) == 50 and shuffled.lookup(stamps[10]).position == (99.0, 0.0, 0.0)
-    assert shuffled.lookup(T0 + 0.6125).position[0] == pytest.approx(0.6125, abs=1e-5)
+        assert ordered.lookup(to_ns(q)) == shuffled.lookup(to_ns(q))
+    shuffled.add(to_ns(stamps[10]), [99, 0, 0], yaw_quat(0), "odom")  # same stamp replaces
+    assert len(shuffled) == 50 and shuffled.lookup(to_ns(stamps[10])).position == (99.0, 0.0, 0.0)
+    assert shuffled.lookup(to_ns(T0 + 0.6125)).position[0] == pytest.approx(0.6125, abs=1e-5)
 
 
 def test_pruning_keeps_only_max_age() -> None:
     buf = PoseBuffer(max_age_s=1.0)
     for k in range(30):
-        buf.add(T0 + k * 0.1, [k, 0, 0], yaw_quat(0), "odom")
+        buf.add(to_ns(T0 + k * 0.1), [k, 0, 0], yaw_quat(0), "odom")
     oldest, newest = buf.span()
-    assert newest == T0 + 2.9 and newest - oldest <= 1.0 + 1e-9 and len(buf) == 11
-    assert buf.lookup(T0) is None
-    buf.add(T0, [0, 0, 0], yaw_quat(0), "odom")  # a late sample older than max_age is dropped
+    assert newest == to_ns(T0 + 2.9) and newest - oldest <= NS_PER_S and len(buf) == 11
+    assert buf.lookup(to_ns(T0)) is None
+    buf.add(to_ns(T0), [0, 0, 0], yaw_quat(0), "odom")  # a late sample older than max_age is dropped
     assert len(buf) == 11
 
 
 def test_invalid_samples_are_rejected() -> None:
     buf = PoseBuffer()
     with pytest.raises(ValueError):
-        buf.add(T0, [0, 0], yaw_quat(0), "odom")
+        buf.add(to_ns(T0), [0, 0], yaw_quat(0), "odom")
     with pytest.raises(ValueError):
-        buf.add(T0, [0, 0, math.nan], yaw_quat(0), "odom")
+        buf.add(to_ns(T0), [0, 0, math.nan], yaw_quat(0), "odom")
     with pytest.raises(ValueError):
-        buf.add(T0, [0, 0, 0], [0, 0, 0, 0], "odom")
+        buf.add(to_ns(T0), [0, 0, 0], [0, 0, 0, 0], "odom")
     with pytest.raises(ValueError):
-        buf.add(math.inf, [0, 0, 0], yaw_quat(0), "odom")
-    buf.add(T0, [0, 0, 0], [0, 0, 0, 2.0], "odom")  # normalised
-    assert buf.lookup(T0).orientation == (0.0, 0.0, 0.0, 1.0)
+        buf.add(T0 + 0.5, [0, 0, 0], yaw_quat(0), "odom")  # seconds are not nanoseconds
+    buf.add(to_ns(T0), [0, 0, 0], [0, 0, 0, 2.0], "odom")  # normalised
+    assert buf.lookup(to_ns(T0)).orientation == (0.0, 0.0, 0.0, 1.0)
 
 
 def test_absurd_positions_are_refused_so_every_lookup_is_finite() -> None:
@@ -152,16 +152,16 @@ def test_absurd_positions_are_refused_so_every_lookup_is_finite() -> None:
     buf = PoseBuffer(max_gap_s=1.0)
     for stamp, x in ((T0, -1e308), (T0 + 0.2, 1e308), (T0 + 0.4, 1e10), (T0 + 0.6, -MAX_POSITION_M * 1.001)):
         with pytest.raises(InputError, match="from the origin of its frame"):
-            buf.add(stamp, [x, 0, 0], yaw_quat(0), "odom")
+            buf.add(to_ns(stamp), [x, 0, 0], yaw_quat(0), "odom")
     with pytest.raises(InputError, match="quaternion"):
-        buf.add(T0, [0, 0, 0], [1e308, 1e308, 0, 0], "odom")  # its norm overflows
-    buf.add(T0, [-MAX_POSITION_M, MAX_POSITION_M, 0], [1e150, 0, 0, 1e150], "odom")
-    buf.add(T0 + 0.5, [MAX_POSITION_M, -MAX_POSITION_M, 0], yaw_quat(3.0), "odom")
+        buf.add(to_ns(T0), [0, 0, 0], [1e308, 1e308, 0, 0], "odom")  # its norm overflows
+    buf.add(to_ns(T0), [-MAX_POSITION_M, MAX_POSITION_M, 0], [1e150, 0, 0, 1e150], "odom")
+    buf.add(to_ns(T0 + 0.5), [MAX_POSITION_M, -MAX_POSITION_M, 0], yaw_quat(3.0), "odom")
     assert len(buf) == 2
     for t in np.linspace(-0.2, 0.7, 31):
-        pose = buf.lookup(T0 + t)
+        pose = buf.lookup(to_ns(T0 + t))
         assert pose is None or all(math.isfinite(v) for v in (*pose.position, *pose.orientation)), (t, pose)
-    mid = buf.lookup(T0 + 0.25)
+    mid = buf.lookup(to_ns(T0 + 0.25))
     np.testing.assert_allclose(mid.position, (0.0, 0.0, 0.0), atol=1e-3)
     assert np.linalg.norm(mid.orientation) == pytest.approx(1.0)
 
@@ -175,7 +175,7 @@ def test_concurrent_adds_and_lookups() -> None:
     def write(offset: int) -> None:
         for k in range(per_writer):
             s = (k * n_writers + offset) * 0.001  # interleaved stamps from several threads
-            buf.add(T0 + s, [s, 2 * s, 0], yaw_quat(s), "odom")
+            buf.add(to_ns(T0 + s), [s, 2 * s, 0], yaw_quat(s), "odom")
 
     def read() -> None:
         try:
@@ -183,8 +183,7 @@ def test_concurrent_adds_and_lookups() -> None:
                 span = buf.span()
                 if span is None:
                     continue
-                q = (span[0] + span[1]) / 2
-                pose = buf.lookup(q)
+                pose = buf.lookup((span[0] + span[1]) // 2)
                 if pose is not None:  # a writer may have pruned or filled in meanwhile; shape must hold
                     assert pose.position[1] == pytest.approx(2 * pose.position[0], abs=1e-6)
         except BaseException as exc:  # reported to the main thread
@@ -202,8 +201,8 @@ def test_concurrent_adds_and_lookups() -> None:
     assert not errors
     # 8 s of samples; whatever the interleaving, every one within 5 s of the newest survives
     oldest, newest = buf.span()
-    assert newest == pytest.approx(T0 + 7.999) and 5000 <= len(buf) <= 5001
-    assert buf.lookup(T0 + 3.5005).position[0] == pytest.approx(3.5005, abs=1e-5)
+    assert newest == to_ns(T0 + 7.999) and 5000 <= len(buf) <= 5001
+    assert buf.lookup(to_ns(T0 + 3.5005)).position[0] == pytest.approx(3.5005, abs=1e-5)
 
 
 def _header(sec: int, nanosec: int, frame: str) -> Header:
@@ -222,15 +221,15 @@ def test_pose_from_rclpy_messages_feeds_the_buffer() -> None:
     with_cov.pose.pose = _pose_msg()
 
     stamp, pos, quat, frame = pose_from_msg(odom)
-    assert stamp == 1_700_000_000.5 and frame == "odom"
+    assert stamp == 1_700_000_000_500_000_000 and frame == "odom"
     np.testing.assert_array_equal(pos, [1.5, -2.0, 0.25])
     np.testing.assert_array_equal(quat, [0.0, 0.0, 0.6, 0.8])
-    assert pose_from_msg(stamped)[0] == 1_700_000_001.0 and pose_from_msg(stamped)[3] == "map"
-    assert pose_from_msg(with_cov)[0] == pytest.approx(1_700_000_002 + 250e-9, abs=1e-6)
+    assert pose_from_msg(stamped)[0] == 1_700_000_001 * NS_PER_S and pose_from_msg(stamped)[3] == "map"
+    assert pose_from_msg(with_cov)[0] == 1_700_000_002 * NS_PER_S + 250  # exact in integer nanoseconds
 
     buf = PoseBuffer()
     buf.add(*pose_from_msg(odom))
-    assert buf.lookup(1_700_000_000.5) == Pose((1.5, -2.0, 0.25), (0.0, 0.0, 0.6, 0.8), "odom")
+    assert buf.lookup(to_ns(1_700_000_000.5)) == Pose((1.5, -2.0, 0.25), (0.0, 0.0, 0.6, 0.8), "odom")
     with pytest.raises(ValueError):
         pose_from_msg(Header())
 
@@ -241,7 +240,7 @@ def test_pose_from_rosbags_odometry() -> None:
     raw = ts.serialize_cdr(_bag_odometry(ts, odom_type), odom_type.__msgtype__)
     msg = ts.deserialize_cdr(raw, odom_type.__msgtype__)
     stamp, pos, quat, frame = pose_from_msg(msg)
-    assert (stamp, frame) == (12.5, "odom")
+    assert (stamp, frame) == (12_500_000_000, "odom")
     np.testing.assert_array_equal(pos, [1.5, -2.0, 0.25])
     np.testing.assert_array_equal(quat, [0.0, 0.0, 0.6, 0.8])
 

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from vpr_ros.errors import InputError
-from vpr_ros.types import Pose
+from vpr_ros.types import NS_PER_S, Pose, to_ns
 
 _NLERP_DOT = 0.9995  # above this cosine, slerp's sin(theta) is too small to divide by safely
 MAX_POSITION_M = 1e9  # a million km: far beyond ECEF, UTM or any local frame; larger is damage, not motion
@@ -55,7 +55,7 @@ def slerp(q0: np.ndarray, q1: np.ndarray, t: float) -> np.ndarray:
 
 
 class PoseBuffer:
-    """Time-sorted pose samples of the last ``max_age_s`` seconds; thread-safe.
+    """Time-sorted pose samples of the last ``max_age_s`` seconds, keyed by integer nanoseconds; thread-safe.
 
     Samples may arrive out of order (several publishers, bag playback); a sample with the same
     stamp as a buffered one replaces it.
@@ -64,9 +64,9 @@ class PoseBuffer:
     def __init__(self, max_age_s: float = 60.0, max_gap_s: float = 0.5) -> None:
         if not max_age_s > 0 or not max_gap_s > 0:
             raise InputError(f"max_age_s and max_gap_s must be positive, got {max_age_s}, {max_gap_s}")
-        self.max_age_s = float(max_age_s)
-        self.max_gap_s = float(max_gap_s)
-        self._stamps: list[float] = []
+        self.max_age_ns = max_age_s * NS_PER_S  # inf keeps every sample
+        self.max_gap_ns = max_gap_s * NS_PER_S
+        self._stamps: list[int] = []
         self._samples: list[_Sample] = []
         self._lock = threading.Lock()
 
@@ -74,18 +74,18 @@ class PoseBuffer:
         with self._lock:
             return len(self._stamps)
 
-    def span(self) -> tuple[float, float] | None:
+    def span(self) -> tuple[int, int] | None:
         """(oldest, newest) buffered stamp, or None when empty."""
         with self._lock:
             return (self._stamps[0], self._stamps[-1]) if self._stamps else None
 
-    def add(self, stamp_s: float, position: Any, orientation: Any, frame_id: str) -> None:
+    def add(self, stamp_ns: int, position: Any, orientation: Any, frame_id: str) -> None:
         """Buffer one sample; ``orientation`` is a quaternion (x, y, z, w), normalised here."""
-        stamp_s = float(stamp_s)
         pos = np.asarray(position, np.float64).reshape(-1)
         quat = np.asarray(orientation, np.float64).reshape(-1)
-        if not math.isfinite(stamp_s):
-            raise InputError(f"stamp must be finite, got {stamp_s}")
+        if not isinstance(stamp_ns, (int, np.integer)):
+            raise InputError(f"stamp must be integer nanoseconds, got {stamp_ns!r}")
+        stamp_ns = int(stamp_ns)
         if pos.shape != (3,) or not np.isfinite(pos).all():
             raise InputError(f"position must be 3 finite numbers, got {position!r}")
         if np.abs(pos).max() > MAX_POSITION_M:
@@ -96,38 +96,37 @@ class PoseBuffer:
             raise InputError(f"orientation must be a non-zero finite quaternion (x, y, z, w), got {orientation!r}")
         sample = _Sample(pos, quat / norm, str(frame_id))
         with self._lock:
-            i = bisect.bisect_left(self._stamps, stamp_s)
-            if i < len(self._stamps) and self._stamps[i] == stamp_s:
+            i = bisect.bisect_left(self._stamps, stamp_ns)
+            if i < len(self._stamps) and self._stamps[i] == stamp_ns:
                 self._samples[i] = sample
             else:
-                self._stamps.insert(i, stamp_s)
+                self._stamps.insert(i, stamp_ns)
                 self._samples.insert(i, sample)
-            old = bisect.bisect_left(self._stamps, self._stamps[-1] - self.max_age_s)
+            old = bisect.bisect_left(self._stamps, self._stamps[-1] - self.max_age_ns)
             if old:
                 del self._stamps[:old], self._samples[:old]
 
-    def lookup(self, stamp_s: float) -> Pose | None:
-        """Pose at ``stamp_s`` (interpolated, or the nearest sample within max_gap_s / 2), else None."""
-        stamp_s = float(stamp_s)
+    def lookup(self, stamp_ns: int) -> Pose | None:
+        """Pose at ``stamp_ns`` (interpolated, or the nearest sample within max_gap_s / 2), else None."""
         with self._lock:
             stamps, samples = self._stamps, self._samples
-            i = bisect.bisect_left(stamps, stamp_s)
-            if i < len(stamps) and stamps[i] == stamp_s:
+            i = bisect.bisect_left(stamps, stamp_ns)
+            if i < len(stamps) and stamps[i] == stamp_ns:
                 return _pose(samples[i])
             before = i - 1 if i > 0 else None
             after = i if i < len(stamps) else None
             if before is not None and after is not None:
                 a, b = samples[before], samples[after]
                 gap = stamps[after] - stamps[before]
-                if gap <= self.max_gap_s and a.frame_id == b.frame_id:
-                    t = (stamp_s - stamps[before]) / gap
+                if gap <= self.max_gap_ns and a.frame_id == b.frame_id:
+                    t = (stamp_ns - stamps[before]) / gap
                     return Pose(_tuple(a.position + t * (b.position - a.position)),
                                 _tuple(slerp(a.orientation, b.orientation, t)), a.frame_id)
             # outside the range, across a long gap or a frame change: only a close sample will do
-            near = [j for j in (before, after) if j is not None and abs(stamps[j] - stamp_s) <= self.max_gap_s / 2]
+            near = [j for j in (before, after) if j is not None and abs(stamps[j] - stamp_ns) <= self.max_gap_ns / 2]
             if not near:
                 return None
-            return _pose(samples[min(near, key=lambda j: abs(stamps[j] - stamp_s))])
+            return _pose(samples[min(near, key=lambda j: abs(stamps[j] - stamp_ns))])
 
 
 def _tuple(values: np.ndarray) -> tuple[float, ...]:
@@ -138,8 +137,8 @@ def _pose(sample: _Sample) -> Pose:
     return Pose(_tuple(sample.position), _tuple(sample.orientation), sample.frame_id)
 
 
-def pose_from_msg(msg: Any) -> tuple[float, np.ndarray, np.ndarray, str]:
-    """(stamp_s, position (3,), orientation xyzw (4,), frame_id) of a pose-carrying message.
+def pose_from_msg(msg: Any) -> tuple[int, np.ndarray, np.ndarray, str]:
+    """(stamp in ns, position (3,), orientation xyzw (4,), frame_id) of a pose-carrying message.
 
     Duck-typed over nav_msgs/Odometry and geometry_msgs/PoseWithCovarianceStamped
     (``msg.pose.pose``) and geometry_msgs/PoseStamped (``msg.pose``), from rclpy or rosbags.
@@ -150,7 +149,7 @@ def pose_from_msg(msg: Any) -> tuple[float, np.ndarray, np.ndarray, str]:
         p, q = pose.position, pose.orientation
         stamp = msg.header.stamp
         return (
-            int(stamp.sec) + int(stamp.nanosec) * 1e-9,
+            to_ns((stamp.sec, stamp.nanosec)),
             np.array([p.x, p.y, p.z], np.float64),
             np.array([q.x, q.y, q.z, q.w], np.float64),
             str(msg.header.frame_id),

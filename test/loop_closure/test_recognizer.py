@@ -54,7 +54,7 @@ def test_recognizer_does_the_nodes_work_without_ros(demo, photos) -> None:
     config = LoopClosureConfig(threshold=0.9, exclude_seconds=5.0, exclude_last=0, consistency_k=1)
     rec = PlaceRecognizer(demo, pm, config, "slam", min_period=0.5)
     for t in np.arange(0.0, 60.0, 0.5):
-        rec.poses.add(float(t), np.array([t, 0.0, 0.0]), np.array([0.0, 0.0, 0.0, 1.0]), "odom")
+        rec.poses.add(to_ns(t), np.array([t, 0.0, 0.0]), np.array([0.0, 0.0, 0.0, 1.0]), "odom")
     outcomes = []
     for i, t in enumerate([0.0, 0.2, 10.0, 20.0, 30.0, 40.0]):  # the frame at 0.2 s is inside min_period
         stamp = to_ns(t)
@@ -79,7 +79,7 @@ def test_two_cameras_one_batch_and_a_loop_across_cameras(demo, photos) -> None:
     config = LoopClosureConfig(threshold=0.9, exclude_seconds=30.0, exclude_last=0, consistency_k=1)
     rec = PlaceRecognizer(spy, pm, config, "slam")
     for t in np.arange(0.0, 100.0, 0.5):
-        rec.poses.add(float(t), np.array([t, 0.0, 0.0]), np.array([0.0, 0.0, 0.0, 1.0]), "odom")
+        rec.poses.add(to_ns(t), np.array([t, 0.0, 0.0]), np.array([0.0, 0.0, 0.0, 1.0]), "odom")
     drive = [(0.0, "building", "graf1"), (10.0, "home", "fruits")]
     for t, front, rear in drive:
         frames = [CameraFrame(photos[front], to_ns(t), "front_optical", "/front/image", "front"),

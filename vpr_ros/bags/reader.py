@@ -34,7 +34,7 @@ from vpr_ros.bags.geodesy import enu_frame, geodetic_to_enu
 from vpr_ros.errors import BadFrame, BagError, VprError
 from vpr_ros.image_msgs import image_to_rgb, stamp_of
 from vpr_ros.poses import PoseBuffer, pose_from_msg
-from vpr_ros.types import Pose, Stamped, format_stamp, ns_to_seconds, to_ns
+from vpr_ros.types import Pose, Stamped, format_stamp, to_ns
 
 LOG = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def _navsat_sample(msg: Any, origin: tuple[float, float, float] | None) -> tuple
         return None, origin
     origin = origin or fix
     sec, nsec = stamp_of(msg)
-    return (sec + nsec * 1e-9, geodetic_to_enu(*fix, origin), (0.0, 0.0, 0.0, 1.0), enu_frame(origin)), origin
+    return (to_ns((sec, nsec)), geodetic_to_enu(*fix, origin), (0.0, 0.0, 0.0, 1.0), enu_frame(origin)), origin
 
 
 def _stamp_ns(msg: Any) -> int:
@@ -226,7 +226,7 @@ def _decode(msg: Any, stamp: int, poses: PoseBuffer | None, source: str, stats: 
         stats.bad[exc.reason] += 1
         LOG.warning("%s: bad frame at %s skipped: %s", path, format_stamp(stamp), exc)
         return None
-    pose = poses.lookup(ns_to_seconds(stamp)) if poses is not None else None
+    pose = poses.lookup(stamp) if poses is not None else None
     return Frame(stamp, rgb, pose, str(msg.header.frame_id), source)
 
 

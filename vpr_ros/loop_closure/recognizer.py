@@ -34,7 +34,7 @@ from vpr_ros.loop_closure.verification import compress_tokens
 from vpr_ros.maps.keyframes import KeyframeSelector
 from vpr_ros.maps.place_map import PlaceMap
 from vpr_ros.poses import PoseBuffer
-from vpr_ros.types import Pose, ns_to_pair, ns_to_seconds
+from vpr_ros.types import Pose, ns_to_pair
 
 Mode = Literal["localize", "slam"]
 
@@ -155,7 +155,7 @@ class PlaceRecognizer:
             outcomes.append(Outcome(frame, decision, record, prior, None, None, model_seconds, pair))
         if self.mode == "slam":
             for out in outcomes:
-                out.current = self.poses.lookup(ns_to_seconds(out.frame.stamp_ns))
+                out.current = self.poses.lookup(out.frame.stamp_ns)
             ids = self.map.add(feats.descriptors, [ns_to_pair(o.frame.stamp_ns) for o in outcomes],
                                poses=[o.current for o in outcomes], frame_ids=[f.frame_id for f in frames],
                                sources=[f.source for f in frames], local_features=tokens,
