@@ -9,7 +9,6 @@ the names of both that callers use are importable from here too.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 from collections.abc import Sequence
@@ -24,7 +23,7 @@ from vpr_ros.maps.index_checks import NORM_TOLERANCE
 from vpr_ros.maps.index_kinds import IndexKind, new_index, train_index
 from vpr_ros.maps.locking import MapLock, lock_map
 from vpr_ros.maps.manifest import FORMAT, FORMAT_VERSION, INDEX_FILE, MANIFEST, PLACES_FILE, MapInfo, check_model
-from vpr_ros.maps.places import Place, PlaceColumns
+from vpr_ros.maps.places import Place, PlaceColumns, check_text, pose_row
 from vpr_ros.types import ModelIdentity, Pose, Stamp, to_ns
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "INDEX_FILE", "MANIFEST", "PLACES_FILE", "MapInfo", "Place", "PlaceMap",
@@ -100,11 +99,11 @@ class PlaceMap:
             if seq is not None and len(seq) != n:
                 raise InputError(f"{name} has {len(seq)} entries for {n} descriptors")
         parsed = [0] * n if stamps is None else [to_ns(s) for s in stamps]
-        pose_rows = [None if pose is None else _pose_row(pose) for pose in poses or []]
+        pose_rows = [None if pose is None else pose_row(pose) for pose in poses or []]
         for name, texts in (("frame_ids", frame_ids), ("sources", sources), ("cameras", cameras),
                             ("pose frame ids", [pose.frame_id for pose in poses or [] if pose is not None])):
             for text in texts or []:
-                _check_text(name, text)
+                check_text(name, text)
         if any(blob is not None and not isinstance(blob, bytes) for blob in local_features or []):
             raise InputError("local_features must be bytes (or None for a place without them)")
         with self.guard:
@@ -288,25 +287,3 @@ class PlaceMap:
         model = map_store.info(path).model if asked is None and path is not None and map_store.exists(path) else None
         return asked if model is None else model.image_size
 
-
-def _pose_row(pose: Pose) -> list[float]:
-    """The 7 numbers stored for a pose; InputError unless they are finite (a stored NaN or inf would make the
-    saved map unloadable)."""
-    try:
-        row = [float(v) for v in (*pose.position, *pose.orientation)]
-        shaped = len(pose.position) == 3 and len(pose.orientation) == 4
-    except (TypeError, ValueError, AttributeError) as exc:
-        raise InputError(f"pose {pose!r} is no position of 3 and orientation of 4 numbers") from exc
-    if not shaped or not all(math.isfinite(v) for v in row):
-        raise InputError(f"pose {pose!r} is not 3 + 4 finite numbers; a place keeps finite poses only")
-    return row
-
-
-def _check_text(name: str, text: object) -> None:
-    """InputError unless ``text`` is a string the places database can store (UTF-8: no lone surrogates)."""
-    if not isinstance(text, str):
-        raise InputError(f"{name} must be text, got {text!r}")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InputError(f"{name} {text!r} is not valid text ({exc.reason})") from exc

@@ -1,4 +1,5 @@
-"""The places of a map: one place's record, and the growable columns that hold all of them by id.
+"""The places of a map: one place's record, the growable columns that hold all of them by id, and the checks a
+place's pose and texts pass before they are stored.
 
 Columns rather than a list of records: the exclusion window, stamps and positions of every place
 are numpy slices, and the strings (frame ids, sources, cameras) are stored once each.
@@ -6,10 +7,12 @@ are numpy slices, and the strings (frame ids, sources, cameras) are stored once 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from vpr_ros.errors import InputError
 from vpr_ros.types import Pose, Stamped
 
 
@@ -62,3 +65,26 @@ class PlaceColumns:
     @property
     def seconds(self) -> np.ndarray:
         return self.ns[: self.n] / 1e9
+
+
+def pose_row(pose: Pose) -> list[float]:
+    """The 7 numbers stored for a pose; InputError unless they are finite (a stored NaN or inf would make the
+    saved map unloadable)."""
+    try:
+        row = [float(v) for v in (*pose.position, *pose.orientation)]
+        shaped = len(pose.position) == 3 and len(pose.orientation) == 4
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise InputError(f"pose {pose!r} is no position of 3 and orientation of 4 numbers") from exc
+    if not shaped or not all(math.isfinite(v) for v in row):
+        raise InputError(f"pose {pose!r} is not 3 + 4 finite numbers; a place keeps finite poses only")
+    return row
+
+
+def check_text(name: str, text: object) -> None:
+    """InputError unless ``text`` is a string the places database can store (UTF-8: no lone surrogates)."""
+    if not isinstance(text, str):
+        raise InputError(f"{name} must be text, got {text!r}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"{name} {text!r} is not valid text ({exc.reason})") from exc
