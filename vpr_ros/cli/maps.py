@@ -73,7 +73,8 @@ def cmd_map_info(args: argparse.Namespace) -> int:
     from collections import Counter
     from datetime import datetime, timezone
 
-    from vpr_ros.maps.place_map import FORMAT, PlaceMap
+    from vpr_ros.maps.manifest import FORMAT
+    from vpr_ros.maps.place_map import PlaceMap
 
     def show(line: str) -> None:  # a hostile or damaged string in the map (a lone surrogate, ESC) prints escaped
         print(printable(line))

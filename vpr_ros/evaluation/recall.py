@@ -411,9 +411,3 @@ def write_results(results: Sequence[EvalResult], out_dir: Path, meta: dict[str, 
         write_atomic(out_dir / name, text.encode())
     return [out_dir / name for name in files]
 
-
-__all__ = [
-    "K_EVAL", "K_TRAIN_VALIDATION", "DescriptorCache", "EvalResult", "describe_cached", "evaluate",
-    "extractor_identity", "format_markdown", "format_table", "index_predictions", "recall_at_k",
-    "recalls_from_predictions", "search_topk", "write_msls_predictions", "write_results",
-]

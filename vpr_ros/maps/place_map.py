@@ -2,8 +2,7 @@
 
 Place ids are assigned in insertion order and never reused, so "the last N places" and
 "places newer than t" are cheap to exclude at query time. A map is saved and loaded by
-:mod:`vpr_ros.maps.map_store` and described by its manifest (:mod:`vpr_ros.maps.manifest`);
-the names of both that callers use are importable from here too.
+:mod:`vpr_ros.maps.map_store` and described by its manifest (:mod:`vpr_ros.maps.manifest`).
 """
 
 from __future__ import annotations
@@ -22,12 +21,9 @@ from vpr_ros.maps import map_store
 from vpr_ros.maps.index_checks import NORM_TOLERANCE
 from vpr_ros.maps.index_kinds import IndexKind, new_index, train_index
 from vpr_ros.maps.locking import MapLock, lock_map
-from vpr_ros.maps.manifest import FORMAT, FORMAT_VERSION, INDEX_FILE, MANIFEST, PLACES_FILE, MapInfo, check_model
+from vpr_ros.maps.manifest import MapInfo
 from vpr_ros.maps.places import Place, PlaceColumns, check_text, pose_row
 from vpr_ros.types import ModelIdentity, Pose, Stamp, to_ns
-
-__all__ = ["FORMAT", "FORMAT_VERSION", "INDEX_FILE", "MANIFEST", "PLACES_FILE", "MapInfo", "Place", "PlaceMap",
-           "check_model"]
 
 LOG = logging.getLogger(__name__)
 
