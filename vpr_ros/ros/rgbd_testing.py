@@ -17,14 +17,15 @@ Large best-effort frames between processes need the shipped Fast DDS profile in 
 
 from __future__ import annotations
 
-import array
 import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 from rtabmap_msgs.msg import RGBDImage
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from sensor_msgs.msg import CameraInfo
+
+from vpr_ros.ros.testing import compressed_msg, image_msg
 
 PACKAGE = Path(__file__).resolve().parents[1]
 PROFILE = PACKAGE.parent / "config" / "fastdds_large_frames.xml"  # in a source checkout
@@ -65,28 +66,11 @@ def _rgbd(stamp: tuple[int, int]) -> RGBDImage:
     return msg
 
 
-def _image(array_: np.ndarray, encoding: str, stamp: tuple[int, int]) -> Image:
-    img = Image(height=array_.shape[0], width=array_.shape[1], encoding=encoding,
-                step=array_.shape[1] * array_.itemsize * (array_.shape[2] if array_.ndim == 3 else 1))
-    img.header.stamp.sec, img.header.stamp.nanosec = stamp
-    img.header.frame_id = FRAME_ID
-    img.data = array.array("B", array_.tobytes())
-    return img
-
-
-def _compressed(data: bytes, fmt: str, stamp: tuple[int, int]) -> CompressedImage:
-    img = CompressedImage(format=fmt)
-    img.header.stamp.sec, img.header.stamp.nanosec = stamp
-    img.header.frame_id = FRAME_ID
-    img.data = array.array("B", data)
-    return img
-
-
 def raw_rgbd(index: int, stamp: tuple[int, int]) -> RGBDImage:
     """Raw pair: bgr8 colour, 16UC1 depth."""
     msg = _rgbd(stamp)
-    msg.rgb = _image(cv2.cvtColor(photo_rgb(index), cv2.COLOR_RGB2BGR), "bgr8", stamp)
-    msg.depth = _image(depth_mm(index), "16UC1", stamp)
+    msg.rgb = image_msg(cv2.cvtColor(photo_rgb(index), cv2.COLOR_RGB2BGR), stamp, FRAME_ID, "bgr8")
+    msg.depth = image_msg(depth_mm(index), stamp, FRAME_ID, "16UC1")
     return msg
 
 
@@ -100,24 +84,24 @@ def jpeg_of(index: int) -> bytes:
 def compressed_rgbd(index: int, stamp: tuple[int, int]) -> RGBDImage:
     """Compressed pair as on ``rgbd_image/compressed``: ``jpg`` colour, ``png`` 16-bit depth."""
     msg = _rgbd(stamp)
-    msg.rgb_compressed = _compressed(jpeg_of(index), "jpg", stamp)
+    msg.rgb_compressed = compressed_msg(jpeg_of(index), "jpg", stamp, FRAME_ID)
     ok, png = cv2.imencode(".png", depth_mm(index))
     assert ok
-    msg.depth_compressed = _compressed(png.tobytes(), "png", stamp)
+    msg.depth_compressed = compressed_msg(png.tobytes(), "png", stamp, FRAME_ID)
     return msg
 
 
 def empty_rgbd(stamp: tuple[int, int]) -> RGBDImage:
     """Camera infos and depth, but neither colour field filled."""
     msg = _rgbd(stamp)
-    msg.depth = _image(depth_mm(0), "16UC1", stamp)
+    msg.depth = image_msg(depth_mm(0), stamp, FRAME_ID, "16UC1")
     return msg
 
 
 def garbage_rgbd(stamp: tuple[int, int]) -> RGBDImage:
     """A ``jpg`` colour image whose bytes decode to nothing."""
     msg = _rgbd(stamp)
-    msg.rgb_compressed = _compressed(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 8, "jpg", stamp)
+    msg.rgb_compressed = compressed_msg(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 8, "jpg", stamp, FRAME_ID)
     return msg
 
 

@@ -66,9 +66,16 @@ def stop_node(proc: subprocess.Popen, sig: int = signal.SIGINT, timeout: float =
     return proc.returncode, proc.log.read()  # type: ignore[attr-defined]
 
 
-def image_msg(rgb: np.ndarray, stamp: tuple[int, int], frame_id: str = "camera") -> Image:
-    msg = Image(height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8", step=rgb.shape[1] * 3)
-    msg.data = rgb.tobytes()
+def image_msg(pixels: np.ndarray, stamp: tuple[int, int], frame_id: str = "camera", encoding: str = "rgb8") -> Image:
+    msg = Image(height=pixels.shape[0], width=pixels.shape[1], encoding=encoding, step=pixels[0].nbytes)
+    msg.data = pixels.tobytes()
+    msg.header.stamp.sec, msg.header.stamp.nanosec = stamp
+    msg.header.frame_id = frame_id
+    return msg
+
+
+def compressed_msg(data: bytes, fmt: str, stamp: tuple[int, int], frame_id: str = "camera") -> CompressedImage:
+    msg = CompressedImage(format=fmt, data=data)
     msg.header.stamp.sec, msg.header.stamp.nanosec = stamp
     msg.header.frame_id = frame_id
     return msg
@@ -77,10 +84,7 @@ def image_msg(rgb: np.ndarray, stamp: tuple[int, int], frame_id: str = "camera")
 def jpeg_msg(rgb: np.ndarray, stamp: tuple[int, int], frame_id: str = "camera") -> CompressedImage:
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
     assert ok
-    msg = CompressedImage(format="jpeg", data=buf.tobytes())
-    msg.header.stamp.sec, msg.header.stamp.nanosec = stamp
-    msg.header.frame_id = frame_id
-    return msg
+    return compressed_msg(buf.tobytes(), "jpeg", stamp, frame_id)
 
 
 def odom_msg(stamp: tuple[int, int], x: float, y: float = 0.0) -> Odometry:
