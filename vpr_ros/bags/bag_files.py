@@ -8,6 +8,7 @@ import os
 import sqlite3
 import struct
 from collections.abc import Iterable, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -122,11 +123,8 @@ def open_bag(path: str | os.PathLike) -> AnyReader:
 
 def list_topics(path: str | os.PathLike) -> list[TopicSummary]:
     """Topics of a bag with their message type and count, sorted by name."""
-    reader = open_bag(path)
-    try:
+    with closing(open_bag(path)) as reader:
         return _topics(reader)
-    finally:
-        reader.close()
 
 
 def _topics(reader: AnyReader) -> list[TopicSummary]:
@@ -156,23 +154,17 @@ def check_bag(path: str | os.PathLike, image_topic: str, pose_topic: str | None 
     Cheap (reads only the index), so a command can refuse bad input before loading a model.
     """
     path = Path(path)
-    reader = open_bag(path)
-    try:
+    with closing(open_bag(path)) as reader:
         conns = connections(reader, path, image_topic, IMAGE_MSGTYPES, "image")
         if pose_topic:
             connections(reader, path, pose_topic, POSE_MSGTYPES.values(), "pose")
         return sum(c.msgcount for c in conns)
-    finally:
-        reader.close()
 
 
 def recording_start(paths: Sequence[str | os.PathLike]) -> int:
     """Receive time (ns) of the earliest message in any of ``paths``: time zero of ``start``/``end``."""
     starts = []
     for path in paths:
-        reader = open_bag(path)
-        try:
+        with closing(open_bag(path)) as reader:
             starts.append(reader.start_time)
-        finally:
-            reader.close()
     return min(starts)

@@ -22,6 +22,7 @@ import math
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import closing, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,10 +137,6 @@ def _navsat_sample(msg: Any, origin: tuple[float, float, float] | None) -> tuple
     return (to_ns((sec, nsec)), geodetic_to_enu(*fix, origin), (0.0, 0.0, 0.0, 1.0), enu_frame(origin)), origin
 
 
-def _stamp_ns(msg: Any) -> int:
-    return to_ns(stamp_of(msg))
-
-
 def _in_stamp_order(messages: Iterable[tuple[int, Any]], stats: ReadStats, window: int = REORDER_FRAMES,
                     ) -> Iterator[tuple[int, Any]]:
     """(stamp ns, message) in header.stamp order, given messages in receive order.
@@ -152,7 +149,7 @@ def _in_stamp_order(messages: Iterable[tuple[int, Any]], stats: ReadStats, windo
     last = None
     for seq, (_, msg) in enumerate(messages):
         try:
-            stamp = _stamp_ns(msg)
+            stamp = to_ns(stamp_of(msg))
         except BadFrame as exc:
             stats.bad[exc.reason] += 1
             continue
@@ -193,8 +190,7 @@ def read_frames(
     """
     path = Path(path)
     stats = stats if stats is not None else ReadStats()
-    reader = open_bag(path)
-    try:
+    with closing(open_bag(path)) as reader:
         conns = connections(reader, path, image_topic, IMAGE_MSGTYPES, "image")
         poses = None
         if pose_topic:
@@ -213,8 +209,6 @@ def read_frames(
             frame = _decode(msg, stamp, poses, source, stats, path)
             if frame is not None:
                 yield frame
-    finally:
-        reader.close()
 
 
 def _decode(msg: Any, stamp: int, poses: PoseBuffer | None, source: str, stats: ReadStats,
@@ -240,17 +234,13 @@ def frame_at(path: str | os.PathLike, image_topic: str, stamp: tuple[int, int],
     path = Path(path)
     target = to_ns(stamp)
     window = int(window_s * 1e9)
-    reader = open_bag(path)
-    try:
+    with closing(open_bag(path)) as reader:
         conns = connections(reader, path, image_topic, IMAGE_MSGTYPES, "image")
-        for lo, hi in ((target - window, target + window), (None, None)):
-            for _, msg in _messages(reader, path, conns, lo, hi, skipped=lambda: None):
-                if _stamp_ns(msg) == target:
-                    return image_to_rgb(msg)
-    except BadFrame:
-        return None
-    finally:
-        reader.close()
+        with suppress(BadFrame):  # a damaged frame has no image
+            for lo, hi in ((target - window, target + window), (None, None)):
+                for _, msg in _messages(reader, path, conns, lo, hi, skipped=lambda: None):
+                    if to_ns(stamp_of(msg)) == target:
+                        return image_to_rgb(msg)
     return None
 
 
