@@ -11,11 +11,21 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Hashable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
 T = TypeVar("T")
+
+
+def _locked(name: str) -> property:
+    """The attribute ``name`` of a :class:`LatestSlot`, read under its lock."""
+
+    def read(slot: LatestSlot) -> Any:
+        with slot._cond:
+            return getattr(slot, name)
+
+    return property(read)
 
 
 class LatestSlot(Generic[T]):
@@ -64,9 +74,8 @@ class LatestSlot(Generic[T]):
             self._cond.wait_for(lambda: bool(self._items) or self._closed, timeout)
             if self._closed or not self._items:
                 return None
-            key = next(iter(self._items))
             self._taken += 1
-            return self._items.pop(key)
+            return self._items.pop(next(iter(self._items)))
 
     def close(self) -> None:
         """Wake every waiting take; from now on takes return nothing and puts are ignored."""
@@ -77,25 +86,10 @@ class LatestSlot(Generic[T]):
                 self._items.clear()
             self._cond.notify_all()
 
-    @property
-    def closed(self) -> bool:
-        with self._cond:
-            return self._closed
-
-    @property
-    def received(self) -> int:
-        with self._cond:
-            return self._received
-
-    @property
-    def dropped(self) -> int:
-        with self._cond:
-            return self._dropped
-
-    @property
-    def taken(self) -> int:
-        with self._cond:
-            return self._taken
+    closed = _locked("_closed")
+    received = _locked("_received")
+    dropped = _locked("_dropped")
+    taken = _locked("_taken")
 
     @property
     def pending(self) -> int:
