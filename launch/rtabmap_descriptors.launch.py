@@ -27,9 +27,9 @@ from launch_ros.actions import Node
 from vpr_ros.ros.launch_args import (
     DESCRIPTOR_ARGUMENTS,
     check_known,
-    descriptor_parameters,
     end_launch_with_node,
     optional_file,
+    parse_parameters,
 )
 
 
@@ -61,7 +61,7 @@ def _start_node(context: LaunchContext, declared: frozenset[str]) -> list:
         name="vpr_rgbd_descriptors",
         namespace=value["namespace"],
         output="screen",
-        parameters=[descriptor_parameters(value)],
+        parameters=[parse_parameters(value, DESCRIPTOR_ARGUMENTS)],
         remappings=[(topic, value[topic]) for topic in ("rgbd_image", "rgbd_image_vpr") if value[topic]],
         on_exit=end_launch_with_node,
     )

@@ -255,10 +255,10 @@ def test_launch_file_starts_the_console_script_with_its_arguments() -> None:
 def test_launch_arguments_become_typed_parameters() -> None:
     args = {"checkpoint": "~/m.pt", "image_size": "224, 224", "device": "cuda", "precision": "", "reliable": "True",
             "rgbd_image": "/camera/rgbd_image"}
-    assert launch_args.descriptor_parameters(args) == {
+    assert launch_args.parse_parameters(args, launch_args.DESCRIPTOR_ARGUMENTS) == {
         "checkpoint": str(Path("~/m.pt").expanduser()), "image_size": [224, 224], "device": "cuda", "reliable": True}
     with pytest.raises(InputError, match="reliable must be true or false"):
-        launch_args.descriptor_parameters({"reliable": "yes"})
+        launch_args.parse_parameters({"reliable": "yes"}, launch_args.DESCRIPTOR_ARGUMENTS)
     with pytest.raises(InputError, match=r"'chekpoint' \(did you mean 'checkpoint'\?\); rtabmap_descriptors"):
         launch_args.check_known({"chekpoint"}, set(launch_args.DESCRIPTOR_ARGUMENTS), "rtabmap_descriptors.launch.py")
 

@@ -1,15 +1,12 @@
 """Launch arguments of ``localize.launch.py`` and ``rtabmap_descriptors.launch.py`` turned into node
-parameters, in plain Python.
+parameters, in plain Python, testable without ROS.
 
-``launch`` hands a launch file nothing but strings, and passes on neither types nor mistakes: an
-argument nobody declared (``treshold:=0.4``) is silently ignored, and a string given for a double
-parameter makes the node refuse it. Everything that decides what the node gets is therefore here,
-testable without ROS: which arguments are set (the empty default means "unset": the params file or
-the node default applies), their types, the defaults that let a bare ``ros2 launch`` run (the
-bundled demo model and a slam map under ``$ROS_HOME``), and the check that rejects unknown
-arguments. Only the standard library (PyYAML for the params file, which ``launch_ros`` needs too) and
-the node's parameter table (:mod:`vpr_ros.ros.params`, which imports no numpy): the launch process
-may not have the node's numpy, torch or FAISS.
+``launch`` hands a launch file nothing but strings, and silently ignores an argument nobody declared
+(``treshold:=0.4``); a string given for a double parameter makes the node refuse it. So everything that
+decides what the node gets is here: which arguments are set (the empty default means "unset": the params
+file or the node default applies), their types, the defaults of a bare ``ros2 launch`` (the bundled demo
+model and a slam map under ``$ROS_HOME``) and the check that rejects unknown arguments. Only the standard
+library, PyYAML and :mod:`vpr_ros.ros.params` (no numpy): the launch process may lack numpy, torch or FAISS.
 """
 
 from __future__ import annotations
@@ -74,35 +71,18 @@ def check_known(configurations: Iterable[str], declared: Iterable[str],
                      f"{launch_file} takes: {', '.join(sorted(declared))}")
 
 
-def parse_parameters(arguments: Mapping[str, str]) -> dict[str, Any]:
-    """The parameter arguments that are set, typed as the node declares them (a double parameter
-    refuses an integer, ``image_size`` is an integer array); unset (empty) ones are left out."""
-    params: dict[str, Any] = {}
-    for name in PARAMETER_ARGUMENTS:
-        text = arguments.get(name, "").strip()
-        if text:
-            params[name] = _typed(name, text)
-    return params
-
-
-def descriptor_parameters(arguments: Mapping[str, str]) -> dict[str, Any]:
-    """The :data:`DESCRIPTOR_ARGUMENTS` that are set, typed as the node declares them; the node itself
+def parse_parameters(arguments: Mapping[str, str], names: Iterable[str] = PARAMETER_ARGUMENTS) -> dict[str, Any]:
+    """The parameter arguments ``names`` that are set, typed as the node declares them (a double parameter
+    refuses an integer, ``image_size`` is an integer array); unset (empty) ones are left out. The node itself
     checks the values of ``device`` and ``precision`` (and a bad one fails the launch)."""
-    params: dict[str, Any] = {}
-    for name in DESCRIPTOR_ARGUMENTS:
-        text = arguments.get(name, "").strip()
-        if not text:
-            continue
-        if name == "reliable":
-            if text.lower() not in ("true", "false"):
-                raise InputError(f"reliable must be true or false, got {text!r}")
-            params[name] = text.lower() == "true"
-        else:
-            params[name] = _typed(name, text)
-    return params
+    return {name: _typed(name, text) for name in names if (text := arguments.get(name, "").strip())}
 
 
 def _typed(name: str, text: str) -> Any:
+    if name == "reliable":
+        if text.lower() not in ("true", "false"):
+            raise InputError(f"reliable must be true or false, got {text!r}")
+        return text.lower() == "true"
     if name == "threshold":
         try:
             return float(text)
