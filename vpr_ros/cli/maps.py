@@ -56,11 +56,8 @@ def cmd_build_map(args: argparse.Namespace) -> int:
                             min_distance=args.min_distance, min_period=args.min_period, novelty=args.novelty,
                             start=args.start, end=args.end, max_pose_gap=args.max_pose_gap, index=args.index,
                             append=args.append)
-    except FileExistsError as exc:
-        LOG.error("%s", exc)
-        return 2
-    except BagError as exc:
-        if getattr(exc, "summary", None) is not None:
+    except (FileExistsError, BagError) as exc:
+        if getattr(exc, "summary", None) is not None:  # a bag damaged half-way: what was saved
             print(exc.summary.format())
         LOG.error("%s", exc)
         return 2
