@@ -29,19 +29,24 @@ from vpr_ros.synth.views import random_view
 SCENES_DIR = Path(__file__).resolve().parent / "data" / "scenes"
 
 _MAX_SIDE = 224  # generated images stay small
+_LIST_PREFIX = {"msls_val": "msls_val", "msls_challenge": "msls_test", "nordland": "Nordland", "sped": "SPED"}
 
 
 # second photo of each revisit pair (vpr_ros/synth/data/scenes/README.md): not a distinct place
 _REVISIT_PARTNERS = frozenset({"Blender_Suzanne2", "aloeR", "basketball2", "graf3"})
 
 
+def scene_paths() -> list[Path]:
+    """The bundled scenes, one photo per distinct scene: a revisit pair shows one place, so it must not
+    become two places."""
+    return [p for p in sorted(SCENES_DIR.glob("*.jpg")) if p.stem not in _REVISIT_PARTNERS]
+
+
 @lru_cache(maxsize=1)
 def _scene_photos() -> tuple[tuple[str, Image.Image], ...]:
-    """One photo per distinct scene (revisit pairs are collapsed), downscaled to <= 320 px."""
+    """:func:`scene_paths` downscaled to <= 320 px."""
     out = []
-    for p in sorted(SCENES_DIR.glob("*.jpg")):
-        if p.stem in _REVISIT_PARTNERS:
-            continue
+    for p in scene_paths():
         img = Image.open(p).convert("RGB")
         img.thumbnail((320, 320))
         out.append((p.stem, img))
@@ -138,19 +143,15 @@ def write_dataset(
         # two queries without a counterpart in the database, left out by qIdx (like 747 -> 740)
         extra = [put(f"train_val/sf/query/images/{_key(rng)}.jpg", n_places + k) for k in range(spare)]
         q_all = q[:1] + extra[:1] + q[1:] + extra[1:]
-        q_idx = np.array([q_all.index(x) for x in q], dtype=np.int64)
-        save("msls_val_dbImages.npy", np.array(db))
-        save("msls_val_qImages.npy", np.array(q_all))
-        save("msls_val_qIdx.npy", q_idx)
+        save("msls_val_qIdx.npy", np.array([q_all.index(x) for x in q], dtype=np.int64))
         save("msls_val_pIdx.npy", _object_array(gt))
+        q = q_all
     elif name == "msls_challenge":
         db, q = [], []
         for p in range(n_places):
             city = ("kampala", "stockholm")[p % 2]
             db.append(put(f"test/{city}/database/images/{_key(rng)}.jpg", p))
             q.append(put(f"test/{city}/query/images/{_key(rng)}.jpg", p))
-        save("msls_test_dbImages.npy", np.array(db))
-        save("msls_test_qImages.npy", np.array(q))
     elif name == "nordland":
         n_db = NORDLAND_STRIDE * n_places
         # reference frame j shows the place whose query frame is nearest (j / 10 rounded)
@@ -159,14 +160,10 @@ def write_dataset(
             for j in range(n_db)
         ]
         q = [put(f"query/{i:07d}.jpg", i) for i in range(n_places)]
-        save("Nordland_dbImages.npy", np.array(db))
-        save("Nordland_qImages.npy", np.array(q))
         save("Nordland_gt.npy", _object_array(nordland_positives(n_db, n_places, 1)))
     elif name == "sped":
         db = [put(f"ref/{i:07d}.jpg", i) for i in range(n_places)]
         q = [put(f"query/{i:07d}.jpg", i) for i in range(n_places)]
-        save("SPED_dbImages.npy", np.array(db))
-        save("SPED_qImages.npy", np.array(q))
         save("SPED_gt.npy", np.arange(n_places, dtype=np.int64)[:, None])
     else:  # sfxl: places 100 m apart; db views and queries within 8 m per axis of the place (< 23 m apart)
         for p in range(n_places):
@@ -176,6 +173,9 @@ def write_dataset(
                 put(f"database/{_sfxl_name(e, n, rng)}", p)
             e, n = east + rng.uniform(-8, 8), north + rng.uniform(-8, 8)
             put(f"queries/{_sfxl_name(e, n, rng)}", p)
+    if prefix := _LIST_PREFIX.get(name):
+        save(f"{prefix}_dbImages.npy", np.array(db))
+        save(f"{prefix}_qImages.npy", np.array(q))
     return load_dataset(name, out_root)
 
 
@@ -210,11 +210,8 @@ def _gen_pittsburgh(
     save(f"{name}_qImages.npy", np.array(q))
     save(f"{name}_gt.npy", _object_array(gt))
 
-    def cell(items: list[str]) -> np.ndarray:
-        c = np.empty((len(items), 1), dtype=object)
-        for i, s in enumerate(items):
-            c[i, 0] = s
-        return c
+    def cell(items: list[str]) -> np.ndarray:  # a MATLAB cell column of strings
+        return np.array(items, dtype=object).reshape(-1, 1)
 
     (root / "datasets").mkdir(exist_ok=True)
     struct = {

@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 from vpr_ros.evaluation.datasets import DATASET_SPECS, DATASETS, GSV_COLUMNS, gsv_image_name
-from vpr_ros.synth.eval_data import _REVISIT_PARTNERS, SCENES_DIR, _key, write_dataset
+from vpr_ros.synth.eval_data import _key, scene_paths, write_dataset
 from vpr_ros.synth.views import random_view
 
 MAX_PHOTO_SIDE = 1024  # larger photos are downscaled once: views are small, and sampling stays fast
@@ -79,13 +79,8 @@ def skimage_photos() -> list[tuple[str, np.ndarray]]:
 
 
 def scene_photos() -> list[tuple[str, np.ndarray]]:
-    """This package's bundled scenes at full resolution, one per distinct scene.
-
-    The second photo of each revisit pair is left out: it shows the same place as its partner, so
-    the two must not become two different places.
-    """
-    paths = [p for p in sorted(SCENES_DIR.glob("*.jpg")) if p.stem not in _REVISIT_PARTNERS]
-    return [(p.stem, _load(p)) for p in paths]
+    """This package's bundled scenes (:func:`vpr_ros.synth.eval_data.scene_paths`) at full resolution."""
+    return [(p.stem, _load(p)) for p in scene_paths()]
 
 
 def folder_photos(folder: Path) -> list[tuple[str, np.ndarray]]:
