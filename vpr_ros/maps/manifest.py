@@ -1,9 +1,8 @@
 """What a place map folder says about itself: ``manifest.json``, read and checked without loading the index.
 
-The manifest names the format, descriptor size, index kind, counts, the model that built the map,
-size and SHA-256 of every data file and of the manifest itself. It is read as untrusted input: every
-missing, mistyped or out-of-range field is a CorruptMapError naming the file and the field, so
-``load``, ``map-info``, ``query`` and the node agree on what a map is before touching its data.
+The manifest names the format, descriptor size, index kind, counts, the model that built the map, and the
+size and SHA-256 of every data file and of itself. Read as untrusted input: every missing, mistyped or
+out-of-range field is a CorruptMapError naming the file and the field.
 """
 
 from __future__ import annotations
@@ -115,6 +114,12 @@ class _Fields:
             raise self.error(field, f"is {json.dumps(value)[:80]}, expected {what}")
         return value
 
+    def entries(self, field: str, obj: dict, checks: tuple) -> None:
+        """Check entries of the object in ``field``: ``checks`` are (key, test, what the message adds)."""
+        for key, test, expected in checks:
+            if not test(value := obj.get(key)):
+                raise self.error(field, f"has {key} {value!r}, {expected}")
+
     def integer(self, field: str, lo: int, hi: int | None = None, lo_field: str = "") -> int:
         """An int (not a bool or float) in ``lo..hi``; ``lo_field`` names the field ``lo`` comes from."""
         value = self.get(field, (int,), "an integer")
@@ -189,19 +194,15 @@ def _manifest_model(m: _Fields, dim: int) -> ModelIdentity | None:
     model = m.get("model", (dict, type(None)), "null or an object")
     if model is None:
         return None
-    arch, size = model.get("arch"), model.get("image_size")
-    sha, out_dim = model.get("checkpoint_sha256"), model.get("descriptor_dim")
-    if not isinstance(arch, str) or not arch:
-        raise m.error("model", f"has arch {arch!r}, expected a name")
-    if not isinstance(size, list) or len(size) != 2 or not all(type(v) is int and v > 0 for v in size):
-        raise m.error("model", f"has image_size {size!r}, expected [H, W]")
-    if type(out_dim) is not int:
-        raise m.error("model", f"has descriptor_dim {out_dim!r}, expected an integer")
-    if out_dim != dim:
-        raise m.error("model", f"has descriptor_dim {out_dim}, but the map holds {dim}-d descriptors")
-    if sha is not None and not isinstance(sha, str):
-        raise m.error("model", f"has checkpoint_sha256 {sha!r}, expected text or null")
-    return ModelIdentity(arch, (size[0], size[1]), out_dim, sha)
+    m.entries("model", model, (
+        ("arch", lambda v: isinstance(v, str) and v, "expected a name"),
+        ("image_size", lambda v: isinstance(v, list) and len(v) == 2 and all(type(x) is int and x > 0 for x in v),
+         "expected [H, W]"),
+        ("descriptor_dim", lambda v: type(v) is int, "expected an integer"),
+        ("descriptor_dim", lambda v: v == dim, f"but the map holds {dim}-d descriptors"),
+        ("checkpoint_sha256", lambda v: v is None or isinstance(v, str), "expected text or null")))
+    size = model["image_size"]
+    return ModelIdentity(model["arch"], (size[0], size[1]), dim, model.get("checkpoint_sha256"))
 
 
 def _manifest_origin(m: _Fields) -> tuple[float, float, float] | None:
@@ -219,11 +220,9 @@ def _manifest_calibration(m: _Fields) -> dict[str, Any] | None:
     cal = m.get("calibration", (dict,), "an object", optional=True)
     if cal is None:
         return None
-    threshold, fpr = cal.get("threshold"), cal.get("target_fpr")
-    if not _is(threshold, (float,)) or not -1.0 <= threshold <= 1.0:
-        raise m.error("calibration", f"has threshold {threshold!r}, expected a cosine similarity in [-1, 1]")
-    if not _is(fpr, (float,)) or not 0.0 < fpr < 1.0:
-        raise m.error("calibration", f"has target_fpr {fpr!r}, expected a rate in (0, 1)")
+    m.entries("calibration", cal, (
+        ("threshold", lambda v: _is(v, (float,)) and -1.0 <= v <= 1.0, "expected a cosine similarity in [-1, 1]"),
+        ("target_fpr", lambda v: _is(v, (float,)) and 0.0 < v < 1.0, "expected a rate in (0, 1)")))
     return cal
 
 

@@ -1,13 +1,10 @@
-"""Saving and loading a place map: the folder on disk, written crash-safe and read as untrusted input.
+"""Saving and loading a place map folder (``manifest.json``, ``index.faiss``, ``places.sqlite``).
 
-On disk a map is a folder: ``manifest.json`` (:mod:`vpr_ros.maps.manifest`), ``index.faiss``
-and ``places.sqlite``.
-Saving checks what it is about to write as loading would, writes a complete new folder beside the
-old one, fsyncs it and renames it into place, so a process killed at any moment leaves a loadable
-map (the old one or the new one), and a reader meanwhile reads one of them whole
-(:mod:`vpr_ros.maps.storage`). One process writes a map at a time (:mod:`vpr_ros.maps.locking`).
-Loading verifies the manifest, the file sizes and checksums, the counts and what the index holds
-(:mod:`vpr_ros.maps.index_checks`) before answering any query.
+Saving checks what it writes as loading would and renames a complete, fsynced folder into place, so
+a process killed at any moment leaves the old map or the new one (:mod:`vpr_ros.maps.storage`), with
+one writer at a time (:mod:`vpr_ros.maps.locking`). Loading reads the folder as untrusted input:
+manifest, sizes, checksums, counts and index contents (:mod:`vpr_ros.maps.index_checks`) are checked
+before any query.
 """
 
 from __future__ import annotations
@@ -51,7 +48,6 @@ if TYPE_CHECKING:
     from vpr_ros.maps.place_map import PlaceMap
 
 LOG = logging.getLogger(__name__)
-
 
 
 def save(pm: PlaceMap, path: str | os.PathLike) -> None:
@@ -165,12 +161,9 @@ def _write_places(pm: PlaceMap, file: Path) -> None:
 
 
 def load(cls: type[PlaceMap], path: str | os.PathLike, model_id: ModelIdentity | None = None) -> PlaceMap:
-    """Open a saved map, verifying files, counts, index contents and (when given) the model identity. Every
-    damage is a MapError (CorruptMapError, ModelMismatchError) or MissingFileError, never a wrong answer. A
-    map saved meanwhile is read whole, the old or the new one (:func:`vpr_ros.maps.storage.read_consistently`).
-
-    A process that will save the map again takes its write lock first (:func:`vpr_ros.maps.locking.lock_map`)
-    and keeps it until it has saved, so no other writer's places are overwritten."""
+    """Open a saved map, verified whole, and against ``model_id`` when given: every damage is a MapError or
+    MissingFileError, never a wrong answer. A process that will save it again holds its write lock
+    (:func:`vpr_ros.maps.locking.lock_map`) from before loading until it has saved."""
     return storage.read_consistently(Path(path), MANIFEST, lambda folder: _load(cls, folder, model_id))
 
 
@@ -284,6 +277,7 @@ def _select_places(con: sqlite3.Connection, shown: Path, next_id: int) -> tuple[
         raise CorruptMapError(f"{shown} is damaged: more rows than the {next_id} places its manifest lists; restore "
                               "the map or rebuild it")
     return rows, features
+
 
 def _check_files(folder: storage.Folder, info: MapInfo) -> None:
     """Sizes first (against the manifest and a bound from its counts: a 20 GB sparse file is refused at once, not
