@@ -1,16 +1,12 @@
 """What a place map's FAISS index holds, checked before it answers a query.
 
-A matching checksum proves the file is the one its manifest names, not that the numbers in it are
-sane: a re-signed index of vectors ×1000, with a NaN, or of another id-map class loaded and accepted
-a random query as a loop closure with score 166. faiss also follows HNSW links and IVF list ids
-without bounds checks, so damage there would read outside memory instead of raising.
-
-Checked here, each at a cost well below reading the file: the exact classes and the inner-product
-metric at every level; finite PCA matrices, quantiser centroids and codebooks; every stored vector
-of float32 and fp16 storage finite and of norm ≈ 1 (zero-copy views, in chunks); a decoded sample of
-IVF codes (SQ8, PQ: lossy, so a loose norm bound); HNSW links and IVF list ids within range. Search
-settings that are policy, not data (``efSearch``, ``nprobe``) are reset, and the IVF id hash table
-is rebuilt from the checked lists.
+A matching checksum does not make the numbers sane: a re-signed index of vectors ×1000, with a NaN, or
+of another id-map class accepted a random query as a loop closure with score 166, and faiss follows
+HNSW links and IVF list ids without bounds checks. Checked here, each for less than reading the file
+costs: classes and inner-product metric at every level; finite PCA matrices, centroids and codebooks;
+every float32 / fp16 vector finite and of norm ≈ 1; a decoded sample of (lossy) IVF codes; HNSW links
+and IVF list ids within range. Search settings (``efSearch``, ``nprobe``) are reset to policy, and the
+IVF id hash table is rebuilt from the checked lists.
 """
 
 from __future__ import annotations
@@ -135,8 +131,8 @@ def _hnsw_damage(hnsw: faiss.HNSW, n: int) -> str:
 def _ivf_damage(ivf: faiss.IndexIVF, n: int) -> str:
     """Why the inverted lists cannot hold positions 0..n-1 once each ("" when they do)."""
     quantizer = faiss.downcast_index(ivf.quantizer)
-    if quantizer.ntotal != ivf.nlist or _stored_rows(quantizer, ivf.nlist) is None \
-            or not _finite(_stored_rows(quantizer, ivf.nlist)):
+    centroids = _stored_rows(quantizer, ivf.nlist)
+    if quantizer.ntotal != ivf.nlist or centroids is None or not _finite(centroids):
         return "have a coarse quantiser that is not nlist finite centroids"
     codebook = faiss.downcast_index(ivf)
     if isinstance(codebook, faiss.IndexIVFPQ) and not _finite(faiss.vector_to_array(codebook.pq.centroids)):

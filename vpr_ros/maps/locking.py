@@ -1,16 +1,11 @@
 """One writer per place map: an OS file lock (``flock``) on ``<map>.lock`` beside the map folder.
 
-A writer holds the lock from loading the map to saving it (``build-map --append``, ``calibrate``,
-a slam node for its whole run), so two writers can never both add places to the same saved map
-and have one of them silently dropped. The lock file sits beside the folder, not in it, because a
-save replaces the folder by renaming a new one into place. A second writer is refused at once with
-a :class:`MapLockedError` that names the holder (pid, host, command, since when), which the holder
-writes into the lock file; it does not wait, so a forgotten node shows up as an error rather than
-as a command that hangs. The OS drops the lock when its process ends, however it ends (kill -9
-included), so a lock is never stale. Readers take no lock: a save swaps folders atomically.
-
-Within one process the lock is re-entrant (a node holding its map's lock saves it; ``save`` takes
-the lock of its target for its own duration if the process does not hold it yet).
+A writer holds the lock from loading the map to saving it (``build-map --append``, ``calibrate``, a slam
+node for its whole run), so no two writers add places to one map and silently drop each other's. The
+file sits beside the folder because a save renames a new folder into place. A second writer is refused
+at once (no hang behind a forgotten node) with a :class:`MapLockedError` naming the holder, who writes
+itself into the file. The OS drops the lock when its process ends, even by kill -9, so a lock is never
+stale. Readers take no lock (a save swaps folders atomically). Within one process the lock is re-entrant.
 """
 
 from __future__ import annotations
@@ -78,11 +73,10 @@ def lock_map(map_path: str | os.PathLike) -> MapLock:
     """
     file = lock_file_of(map_path)
     with _GUARD:
-        held = _HELD.get(file)
-        if held is not None:
-            held.count += 1
-            return MapLock(file)
-        _HELD[file] = _Held(_acquire(file, Path(map_path)))
+        if file in _HELD:
+            _HELD[file].count += 1
+        else:
+            _HELD[file] = _Held(_acquire(file, Path(map_path)))
     return MapLock(file)
 
 

@@ -29,11 +29,8 @@ LOG = logging.getLogger(__name__)
 
 
 class PlaceMap:
-    """Places with unit-norm descriptors; ``search`` returns cosine similarities.
-
-    Thread-safe: one lock serialises add, remove, search and save, so a node may add keyframes
-    while another thread queries.
-    """
+    """Places with unit-norm descriptors; ``search`` returns cosine similarities. Thread-safe: one lock serialises
+    add, remove, search and save, so a node may add keyframes while another thread queries."""
 
     def __init__(self, dim: int, kind: IndexKind, model_id: ModelIdentity | None) -> None:
         self.dim = dim
@@ -45,8 +42,7 @@ class PlaceMap:
         self.tombstones: set[int] = set()  # removed places the index cannot delete (HNSW)
         self.local_features: dict[int, bytes] = {}  # optional, for geometric verification
         self.enu_origin: tuple[float, float, float] | None = None  # GNSS maps: origin of their ENU frame
-        # The loop-closure threshold calibrated on this map (``vpr-ros calibrate``): ``threshold``,
-        # ``target_fpr`` and what it was computed from; the node uses it when no threshold is set.
+        # ``vpr-ros calibrate``'s threshold, target_fpr and inputs: the node's threshold when none is set
         self.calibration: dict[str, Any] | None = None
         self.guard = threading.RLock()  # held by add, remove, search and save
 
@@ -80,11 +76,8 @@ class PlaceMap:
         local_features: Sequence[bytes | None] | None = None,
         cameras: Sequence[str] | None = None,
     ) -> np.ndarray:
-        """Add places; returns their new ids (int64). Descriptors must be unit vectors.
-
-        ``stamps`` default to 0 s: enough for retrieval, but the loop-closure exclusion window and
-        calibration tell places apart by their stamps.
-        """
+        """Add places of unit descriptors; returns their new ids (int64). ``stamps`` default to 0 s: enough for
+        retrieval, but the loop-closure exclusion window and calibration tell places apart by their stamps."""
         x = self._check_descriptors(descriptors)
         n = len(x)
         norms = np.linalg.norm(x, axis=1)
@@ -160,19 +153,17 @@ class PlaceMap:
         exclude_newer_than: Stamp | None = None,
         exclude_last: int = 0,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` places per query: ``(scores [nq, k] float32, ids [nq, k] int64)`` for queries
-        ``[nq, D]``; ``(scores [k], ids [k])`` for one query given as a vector ``[D]``.
-
-        Places stamped after ``exclude_newer_than`` and the ``exclude_last`` most recently added
-        places are skipped (the loop-closure exclusion window). Missing results are id -1 with
-        score -inf.
-        """
+        """Top-``k`` places per query: ``(scores [nq, k] float32, ids [nq, k] int64)`` for queries ``[nq, D]``;
+        ``(scores [k], ids [k])`` for one query vector ``[D]``. Places stamped after ``exclude_newer_than`` and the
+        ``exclude_last`` newest places are skipped (the loop-closure exclusion window); missing results are id -1
+        with score -inf."""
         if np.ndim(queries) == 1:  # one query vector: results without the query axis
             scores, ids = self.search(np.reshape(queries, (1, -1)), k, exclude_newer_than, exclude_last)
             return scores[0], ids[0]
         q = self._check_descriptors(queries)
         if k < 1:
             raise InputError(f"k must be >= 1, got {k}")
+        out_s, out_i = np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
         with self.guard:
             c = self.cols
             blocked = np.zeros(c.n, bool)
@@ -186,12 +177,10 @@ class PlaceMap:
             extra = int(blocked.sum())
             fetch = min(self.index.ntotal, k + extra)
             if fetch == 0:
-                return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
+                return out_s, out_i
             scores, ids = self.index.search(q, fetch)
         keep = ids >= 0
         keep[keep] = ~blocked[ids[keep]]
-        out_s = np.full((len(q), k), -np.inf, np.float32)
-        out_i = np.full((len(q), k), -1, np.int64)
         for row in range(len(q)):
             sel = np.flatnonzero(keep[row])[:k]
             out_s[row, : len(sel)] = scores[row, sel]
@@ -205,9 +194,8 @@ class PlaceMap:
         if not 0 <= pid < c.n or not c.alive[pid]:
             raise KeyError(f"no place with id {place_id}")
         row = c.pose[pid]
-        pose = None
-        if not np.isnan(row[0]):
-            pose = Pose(tuple(row[:3].tolist()), tuple(row[3:].tolist()), c.strings[c.pose_frame[pid]])
+        pose = None if np.isnan(row[0]) else Pose(tuple(row[:3].tolist()), tuple(row[3:].tolist()),
+                                                  c.strings[c.pose_frame[pid]])
         return Place(pid, int(c.ns[pid]), c.strings[c.frame[pid]], pose,
                      c.strings[c.source[pid]], c.strings[c.camera[pid]])
 
@@ -249,9 +237,8 @@ class PlaceMap:
 
     @staticmethod
     def lock(path: str | os.PathLike) -> MapLock:
-        """The write lock of the map at ``path`` (:func:`vpr_ros.maps.locking.lock_map`), for a process that loads
-        a map (or starts a new one there) and saves it later: held until released or the process ends, and
-        MapLockedError, naming the holder, while another process holds it."""
+        """The write lock of the map at ``path`` (:func:`vpr_ros.maps.locking.lock_map`) for a process that will
+        save there: held until released or the process ends; MapLockedError while another process holds it."""
         return lock_map(path)
 
     @staticmethod
@@ -282,4 +269,3 @@ class PlaceMap:
         built with (None: no map there yet, or one that does not say)."""
         model = map_store.info(path).model if asked is None and path is not None and map_store.exists(path) else None
         return asked if model is None else model.image_size
-

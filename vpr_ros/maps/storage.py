@@ -1,14 +1,10 @@
 """How a place map folder meets the file system: crash-safe writing steps and consistent reading.
 
-A save writes a complete new folder beside the map and renames it into place (the old one goes to
-``<name>.bak`` for the moment between the two renames). Every step that can fail on a real disk (a
-write, an fsync, a rename, a removal) first calls :func:`io_step`, a no-op that tests replace to
-make the N-th step fail or kill the process there.
-
-A reader must see the old map or the new one, never a mix: :class:`Folder` opens the map folder
-once and reads every file through that open directory (``/proc/self/fd/N/<file>``), so a save
-renaming the folder away meanwhile changes nothing for it; if the save removes the folder before
-the reader is done, :func:`read_consistently` reads again from the folder now in place.
+A save renames a complete new folder into place (the old one waits in ``<name>.bak`` between the two
+renames); every step that can fail on a real disk first calls :func:`io_step`, which tests replace.
+A reader sees the old map or the new one, never a mix: :class:`Folder` reads every file through the
+directory it opened (``/proc/self/fd/N/<file>``), and :func:`read_consistently` reads again when a
+save removed that folder meanwhile.
 """
 
 from __future__ import annotations
