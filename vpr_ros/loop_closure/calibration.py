@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -29,9 +29,7 @@ class Calibration:
 
     def to_json(self) -> dict:
         """What a map stores about its calibration (``PlaceMap.calibration``)."""
-        return {"threshold": self.threshold, "target_fpr": self.target_fpr, "negatives": self.negatives,
-                "quantiles": self.quantiles, "places": self.places, "min_separation_s": self.min_separation_s,
-                "min_distance_m": self.min_distance_m, "warnings": list(self.warnings)}
+        return {**asdict(self), "warnings": list(self.warnings)}
 
 
 def calibrate(
@@ -98,13 +96,9 @@ def calibrate(
 
 
 def _check_threshold(threshold: float, target_fpr: float, quantiles: dict[str, float]) -> None:
-    """A threshold the map loader accepts, or an InputError: a cosine similarity in [-1, 1], all numbers finite.
-
-    Float rounding puts the score of two identical descriptors a hair above 1; when at least
-    ``target_fpr`` of the non-revisit queries score that high (identical frames far apart in time, a
-    model that tells nothing apart), no threshold reaches the rate, and storing 1.0000001 would make
-    the map unloadable.
-    """
+    """A threshold the map loader accepts (a cosine similarity in [-1, 1], all numbers finite), or an InputError.
+    Float rounding scores identical descriptors a hair above 1: when that many non-revisits score so high, no
+    threshold reaches the rate, and storing 1.0000001 would make the map unloadable."""
     if not all(math.isfinite(v) for v in (threshold, *quantiles.values())):
         raise InputError(f"calibration gave non-finite scores (threshold {threshold}): the map's descriptors are "
                          "damaged; nothing was stored")

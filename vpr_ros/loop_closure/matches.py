@@ -19,8 +19,7 @@ HEADING_STD_RAD = math.pi / 4  # a place says little about heading
 
 
 def _stamp(ns: int) -> dict[str, int]:
-    sec, nanosec = ns_to_pair(ns)
-    return {"sec": sec, "nanosec": nanosec}
+    return dict(zip(("sec", "nanosec"), ns_to_pair(ns), strict=True))
 
 
 def matches_record(decision: Decision, frame_id: str, camera: str, map_size: int) -> dict:
@@ -48,17 +47,11 @@ class MatchPrior:
 
 
 def match_prior(decision: Decision, config: LoopClosureConfig) -> MatchPrior | None:
-    """Pose prior of the accepted place, or None (nothing accepted, or the place has no pose).
-
-    The position covariance is the spread of the candidates that agree with the accepted one
-    (above the threshold and within ``consistency_seconds`` of it), plus at least
-    ``MIN_POSITION_STD_M`` per axis; orientation gets ``HEADING_STD_RAD``.
-    """
+    """Pose prior of the accepted place, or None (nothing accepted, or the place has no pose). The position
+    covariance is the spread of the candidates that agree with it (above the threshold, within
+    ``consistency_seconds``) plus ``MIN_POSITION_STD_M`` per axis; orientation gets ``HEADING_STD_RAD``."""
     accepted = decision.accepted
-    if accepted is None:
-        return None
-    pose = accepted.place.pose
-    if pose is None:
+    if accepted is None or accepted.place.pose is None:
         return None
     window = config.consistency_seconds * NS_PER_S
     close = [c.place.pose for c in decision.candidates
@@ -68,15 +61,13 @@ def match_prior(decision: Decision, config: LoopClosureConfig) -> MatchPrior | N
     full = np.zeros((6, 6))
     full[:3, :3] = cov + np.eye(3) * MIN_POSITION_STD_M**2
     full[3:, 3:] = np.eye(3) * HEADING_STD_RAD**2
-    return MatchPrior(pose, full)
+    return MatchPrior(accepted.place.pose, full)
 
 
 def camera_prior(prior: MatchPrior, base_to_camera: Pose | None) -> MatchPrior:
-    """The prior as a pose of the camera that saw the place rather than of the robot base: places store
-    the odometry pose (the base), a consumer like RTAB-Map's ``global_pose`` wants the sensor's pose and
-    moves it to the base with its own TF. ``base_to_camera`` is that camera in the base frame (None:
-    the camera is at the base). The query camera is taken to stand where the place's camera stood, so the
-    covariance (in the map frame) is kept."""
+    """The prior as the pose of the camera that saw the place (``base_to_camera``: in the base frame; None: at
+    the base): places store the base's odometry pose, RTAB-Map's ``global_pose`` wants the sensor's. The query
+    camera stands where the place's camera stood, so the covariance (in the map frame) is kept."""
     if base_to_camera is None:
         return prior
     base = Rotation.from_quat(prior.pose.orientation)
@@ -89,11 +80,9 @@ def camera_prior(prior: MatchPrior, base_to_camera: Pose | None) -> MatchPrior:
 
 def global_pose_prior(prior: MatchPrior, frame_id: str, seen_by: str, mounts: Mapping[str, Pose | None],
                       base_frame: str) -> tuple[MatchPrior | None, str]:
-    """The prior for RTAB-Map's ``global_pose`` (the pose of the sensor ``frame_id``, which RTAB-Map moves
-    to its base with TF), or None and why not: without a frame there is nothing to name, and without the
-    mounting (``mounts``: camera name -> its pose in the base frame) of the camera ``seen_by`` that saw the
-    place, the place's (base) pose would be passed off as the camera's, unless the camera frame is the
-    base frame itself."""
+    """The prior for RTAB-Map's ``global_pose`` (of the sensor ``frame_id``), or None and why not: without a frame
+    there is nothing to name, and without the mounting (``mounts``: camera name -> pose in the base frame) of the
+    camera ``seen_by`` that saw the place, its base pose would pass for the camera's (unless that is the base)."""
     base_to_camera = mounts.get(seen_by)
     if not frame_id:
         return None, "no camera frame"

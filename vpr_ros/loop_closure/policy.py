@@ -80,10 +80,8 @@ def temporally_consistent(history: Sequence[int | None], match_ns: int, k: int, 
 
 
 class LoopClosureDetector:
-    """Stateful policy for a stream of queries against ``place_map``.
-
-    Call :meth:`process` once per keyframe, before adding that keyframe to the map.
-    """
+    """Stateful policy for a stream of queries against ``place_map``: :meth:`process` each keyframe before
+    adding it to the map."""
 
     def __init__(self, place_map: PlaceMap, config: LoopClosureConfig = LoopClosureConfig()) -> None:
         self.map = place_map
@@ -100,11 +98,8 @@ class LoopClosureDetector:
         self.config = config
 
     def process(self, descriptor: np.ndarray, stamp_ns: int, local_features: object | None = None) -> Decision:
-        """Retrieve, gate and (maybe) accept a loop closure for one query descriptor stamped ``stamp_ns``.
-
-        ``local_features`` (a :class:`vpr_ros.loop_closure.verification.LocalFeatures`) is required when the
-        config asks for verification.
-        """
+        """Retrieve, gate and (maybe) accept a loop closure for one query descriptor stamped ``stamp_ns``;
+        verification needs its ``local_features`` (:class:`vpr_ros.loop_closure.verification.LocalFeatures`)."""
         cfg = self.config
         decision = Decision(int(stamp_ns))
         newest = None if cfg.exclude_seconds is None else ns_to_pair(stamp_ns - round(cfg.exclude_seconds * NS_PER_S))

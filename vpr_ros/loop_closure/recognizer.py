@@ -1,19 +1,15 @@
 """The node's work without ROS: keyframe gate, descriptor, loop-closure decision, slam map upkeep.
 
-:class:`PlaceRecognizer` takes decoded frames with their stamps and returns everything the node
-publishes; the ROS node only converts messages, runs this on its worker thread and publishes.
-Stamps are integer nanoseconds throughout. In ``localize`` mode the map is fixed (another run's map:
-no exclusion window); in ``slam`` mode every described frame is queried first and then added as a
-place, with the odometry pose interpolated at its stamp.
+:class:`PlaceRecognizer` takes decoded frames with their integer-nanosecond stamps and returns everything
+the node publishes; the node only converts messages, runs this on its worker thread and publishes. In
+``localize`` mode the map is fixed (another run's map: no exclusion window); in ``slam`` mode every
+described frame is queried, then added as a place with the odometry pose interpolated at its stamp.
+Only there does an accepted match become a loop-closure pair (:attr:`Outcome.loop_pair`), and only with
+a place of this run, the only keyframes a consumer such as LIO-SAM knows (:mod:`vpr_ros.loop_closure.loop_pairs`).
 
-Only in ``slam`` mode does an accepted match become a loop-closure pair of two stamps
-(:attr:`Outcome.loop_pair`), and only when the matched place was added in this run: a consumer such as
-LIO-SAM knows the keyframes of this run only (see :mod:`vpr_ros.loop_closure.loop_pairs`).
-
-Several cameras share one map: each camera has its own keyframe gate and its own consistency
-history (a match is confirmed by the same camera's next frames), the frames of all cameras that
-are waiting are described in one batch, and a place seen by one camera may close a loop for
-another (the rear camera passing a place the front camera saw).
+Several cameras share one map, each with its own keyframe gate and consistency history (a match is
+confirmed by the same camera's next frames); waiting frames of all cameras are described in one batch,
+and a place one camera saw may close a loop for another.
 """
 
 from __future__ import annotations
@@ -80,9 +76,8 @@ class PlaceRecognizer:
         if mode not in ("localize", "slam"):
             raise InputError(f"mode must be localize or slam, got {mode!r}")
         self.extractor, self.map, self.mode = extractor, place_map, mode
-        self._config, self._min_period = config, min_period
-        KeyframeSelector(min_period)  # validates min_period now rather than at the first frame
         self._cameras: dict[str, _Camera] = {}
+        self.configure(config, min_period)  # validates min_period now rather than at the first frame
         self.poses = PoseBuffer(max_gap_s=pose_max_gap)
         # ids are never reused: every place with an id from here on was added in this run
         self.first_own_id = int(place_map.ids().max()) + 1 if len(place_map) else 0

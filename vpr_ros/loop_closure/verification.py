@@ -1,30 +1,22 @@
 """Geometric verification of loop-closure candidates with DINOv2 patch tokens.
 
-A global descriptor says two frames *look* alike; verification checks that their local content
-is *arranged* alike: mutual-nearest-neighbour (MNN) matching of the patch tokens, then a RANSAC
-homography (what a planar or purely rotating scene gives) on the patch centres. The number of
-RANSAC inliers accepts or rejects a candidate and re-ranks the top-k. This only works with tokens
-that describe patch *content*: tokens dominated by the position embedding match cell to cell and
+A global descriptor says two frames *look* alike; verification checks that their local content is
+*arranged* alike: mutual-nearest-neighbour (MNN) matching of the patch tokens, then a RANSAC homography
+(a planar or purely rotating scene) on the patch centres, whose inliers accept and re-rank candidates.
+Tokens must describe patch *content*: tokens dominated by the position embedding match cell to cell and
 "verify" any two frames with an identity homography (see test/loop_closure/test_verification.py).
 
-Storage. Every map place keeps its local features, so they must be compact and reproducible:
+Every map place keeps its local features, so they are compact and reproducible: each token is
+L2-normalised, projected C -> ``dim`` by a seeded random matrix with orthonormal columns
+(Johnson-Lindenstrauss: cosines survive, no training, the same matrix in every process), re-normalised
+and stored as float16. Measured on warped views of the bundled photos, 64-d float16 keeps 90 % of the
+raw tokens' inliers (median 58 vs 64) with the same acceptance; int8 would halve the size but lost a
+quarter of the inliers and a tenth of the acceptances. DINOv2 ViT-B at 322x322 stores 23*23*64*2 =
+67,712 B per place (plus a 24-byte header), against 33,792 B for the 8448-d SALAD descriptor.
 
-* each patch token is L2-normalised, projected C -> ``dim`` by a fixed random matrix with
-  orthonormal columns (seeded; Johnson-Lindenstrauss: cosine similarities survive approximately,
-  no training, the same matrix in every process for the same seed and C), re-normalised;
-* stored as float16: unit vectors need no scale. Measured with 192-wide random-weight tokens on
-  warped views of the bundled photos: 64-d float16 keeps 90 % of the inliers of the raw float32
-  tokens (median 58 vs 64), same acceptance; int8 (x * 127) would halve the size but lost a
-  quarter (median 44) and a tenth of the acceptances.
-
-Bytes per place: ``h * w * dim * 2`` plus a 24-byte header. DINOv2 ViT-B at 322x322 (23x23
-patches, C=768 -> 64): 23*23*64*2 = 67,712 B, against 33,792 B for the 8448-d float32 SALAD
-descriptor (raw tokens would be 23*23*768*4 = 1,625,088 B). ``dim`` is capped at C, so the tiny
-64-channel test model at 322x322 also stores 67,712 B (a 64x64 rotation, no reduction).
-
-The format (``to_bytes``) is: magic ``VPRL``, version, then h, w, dim, H, W, C (source width) and
-the projection seed, then the float16 tokens, little-endian. Features from different projections
-(seed or C) cannot be compared; matching them raises ``ValueError`` instead of returning noise.
+Blob format (``to_bytes``): magic ``VPRL``, version, h, w, dim, H, W, C (source width), projection seed,
+then the float16 tokens, little-endian. Features of different projections (seed or C) are refused, not
+matched into noise.
 """
 
 from __future__ import annotations
@@ -159,11 +151,9 @@ def match_mutual_nn(
 
 
 def mutual_nearest(fa: np.ndarray, fb: np.ndarray, min_similarity: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mutual nearest neighbours of unit rows ``fa [n, d]`` and ``fb [m, d]`` by inner product.
-
-    Returns ``(ia [M], ib [M], scores [M] float32)`` for pairs scoring at least ``min_similarity``,
-    in the order of ``ia``. Verification and the match plots both use this matcher.
-    """
+    """Mutual nearest neighbours of unit rows ``fa [n, d]`` and ``fb [m, d]`` by inner product, shared by
+    verification and the match plots: ``(ia [M], ib [M], scores [M] float32)`` of pairs scoring at least
+    ``min_similarity``, in the order of ``ia``."""
     if len(fa) == 0 or len(fb) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     sim = fa @ fb.T
