@@ -24,32 +24,21 @@ from vpr_ros.evaluation.datasets import (
     load_dataset,
     nordland_positives,
 )
+from vpr_ros.synth.route import SCENES, landmark_photos
 from vpr_ros.synth.views import random_view
-
-SCENES_DIR = Path(__file__).resolve().parent / "data" / "scenes"
 
 _MAX_SIDE = 224  # generated images stay small
 _LIST_PREFIX = {"msls_val": "msls_val", "msls_challenge": "msls_test", "nordland": "Nordland", "sped": "SPED"}
 
 
-# second photo of each revisit pair (vpr_ros/synth/data/scenes/README.md): not a distinct place
-_REVISIT_PARTNERS = frozenset({"Blender_Suzanne2", "aloeR", "basketball2", "graf3"})
-
-
-def scene_paths() -> list[Path]:
-    """The bundled scenes, one photo per distinct scene: a revisit pair shows one place, so it must not
-    become two places."""
-    return [p for p in sorted(SCENES_DIR.glob("*.jpg")) if p.stem not in _REVISIT_PARTNERS]
-
-
 @lru_cache(maxsize=1)
 def _scene_photos() -> tuple[tuple[str, Image.Image], ...]:
-    """:func:`scene_paths` downscaled to <= 320 px."""
+    """One photo per distinct scene (:func:`vpr_ros.synth.route.landmark_photos`), downscaled to <= 320 px."""
     out = []
-    for p in scene_paths():
-        img = Image.open(p).convert("RGB")
+    for name in landmark_photos():
+        img = Image.open(SCENES / f"{name}.jpg").convert("RGB")
         img.thumbnail((320, 320))
-        out.append((p.stem, img))
+        out.append((name, img))
     return tuple(out)
 
 

@@ -36,7 +36,8 @@ import numpy as np
 from PIL import Image
 
 from vpr_ros.evaluation.datasets import DATASET_SPECS, DATASETS, GSV_COLUMNS, gsv_image_name
-from vpr_ros.synth.eval_data import _key, scene_paths, write_dataset
+from vpr_ros.synth.eval_data import _key, write_dataset
+from vpr_ros.synth.route import SCENES, landmark_photos
 from vpr_ros.synth.views import random_view
 
 MAX_PHOTO_SIDE = 1024  # larger photos are downscaled once: views are small, and sampling stays fast
@@ -79,8 +80,8 @@ def skimage_photos() -> list[tuple[str, np.ndarray]]:
 
 
 def scene_photos() -> list[tuple[str, np.ndarray]]:
-    """This package's bundled scenes (:func:`vpr_ros.synth.eval_data.scene_paths`) at full resolution."""
-    return [(p.stem, _load(p)) for p in scene_paths()]
+    """This package's bundled scenes (:func:`vpr_ros.synth.route.landmark_photos`) at full resolution."""
+    return [(name, _load(SCENES / f"{name}.jpg")) for name in landmark_photos()]
 
 
 def folder_photos(folder: Path) -> list[tuple[str, np.ndarray]]:

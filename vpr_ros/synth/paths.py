@@ -34,6 +34,11 @@ class Path2D:
         d = np.gradient(self.points, self.arc, axis=0)
         return np.arctan2(np.interp(s, self.arc, d[:, 1]), np.interp(s, self.arc, d[:, 0]))
 
+    def left(self, s: np.ndarray | float) -> np.ndarray:
+        """Unit normals pointing left of the direction of travel at arc lengths ``s``."""
+        h = self.heading(s)
+        return np.stack([-np.sin(h), np.cos(h)], -1)
+
     def project(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """For points ``q`` [M, 2]: (arc length of the nearest path point, distance, signed
         lateral offset, + to the left of the direction of travel)."""
@@ -68,9 +73,7 @@ def turtle(start: Sequence[float], heading: float, moves: Sequence[tuple[float, 
 def offset_path(path: Path2D, s0: float, s1: float, lateral: float) -> Path2D:
     """The stretch [s0, s1] of ``path`` shifted ``lateral`` metres to the left."""
     s = np.arange(s0, s1, 0.05)
-    h = path.heading(s)
-    normal = np.stack([-np.sin(h), np.cos(h)], -1)
-    return Path2D(path.at(s) + lateral * normal)
+    return Path2D(path.at(s) + lateral * path.left(s))
 
 
 def yaw_quaternion(yaw: np.ndarray) -> np.ndarray:

@@ -27,6 +27,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -242,16 +243,11 @@ class Route:
         return rgb
 
 
-_PHOTO_CACHE: dict[str, np.ndarray] = {}
-
-
+@cache
 def _photos() -> dict[str, np.ndarray]:
-    if not _PHOTO_CACHE:
-        from vpr_ros.preprocess import load_image
+    from vpr_ros.preprocess import load_image
 
-        for p in sorted(SCENES.glob("*.jpg")):
-            _PHOTO_CACHE[p.stem] = np.asarray(load_image(p))
-    return _PHOTO_CACHE
+    return {p.stem: np.asarray(load_image(p)) for p in sorted(SCENES.glob("*.jpg"))}
 
 
 def make_route(spec: RouteSpec = FULL) -> Route:
@@ -269,14 +265,9 @@ def make_route(spec: RouteSpec = FULL) -> Route:
     }
     novel_start = _label_views(runs, street, turn, spec)
     novel_s = novel_start + (np.arange(spec.novel_places) + 0.5) * spec.spacing_m
-    positions = np.concatenate([street.at(mapped_s) + _left(street, mapped_s) * SETBACK_M,
-                                qpath.at(novel_s) + _left(qpath, novel_s) * SETBACK_M])
+    positions = np.concatenate([street.at(mapped_s) + street.left(mapped_s) * SETBACK_M,
+                                qpath.at(novel_s) + qpath.left(novel_s) * SETBACK_M])
     return Route(spec, order, positions, street, runs)
-
-
-def _left(path: Path2D, s: np.ndarray) -> np.ndarray:
-    h = path.heading(s)
-    return np.stack([-np.sin(h), np.cos(h)], -1)
 
 
 def _traverse(name: str, path: Path2D, spec: RouteSpec, camera: Camera, t0_ns: int, phase: float) -> Traversal:
@@ -341,10 +332,6 @@ def image_topic(image_format: str) -> str:
     return IMAGE_TOPIC if image_format == "raw" else IMAGE_TOPIC + "/compressed"
 
 
-def bag_path(out_dir: str | os.PathLike, name: str, storage: str) -> Path:
-    return Path(out_dir) / (BAG_NAMES[name] + (".bag" if storage == "ros1" else ""))
-
-
 def write_bags(route: Route, out_dir: str | os.PathLike, storage: str = "mcap", image_format: str = "jpeg",
                ) -> dict[str, Path]:
     """Both traversals as bags (frames on :func:`image_topic`, Odometry on ``POSE_TOPIC``), plus
@@ -355,20 +342,16 @@ def write_bags(route: Route, out_dir: str | os.PathLike, storage: str = "mcap", 
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
     for name, run in route.traversals.items():
-        path = bag_path(out, name, storage)
-        _remove(path)
+        path = out / (BAG_NAMES[name] + (".bag" if storage == "ros1" else ""))
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
         paths[name] = write_bag(path, route.frames(name), run.poses(), storage=storage,
                                 image_topic=image_topic(image_format), pose_topic=POSE_TOPIC,
                                 image_format=image_format, pose_type="odometry")
     write_ground_truth(route, out)
     return paths
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
 
 
 def write_ground_truth(route: Route, out_dir: Path) -> None:
