@@ -44,7 +44,6 @@ GSV_CITIES: tuple[str, ...] = (
 )
 CITY_ID_OFFSET = 100_000  # the i-th city's place ids are shifted by i * 100000
 PAPER_VAL_SETS: tuple[str, ...] = ("pitts30k_val", "pitts30k_test", "msls_val")
-# Validation sets that vpr_ros.evaluation.datasets does not list but that use a listed set's layout.
 
 _LAYOUT_HINT = (
     "expected GSV-Cities layout: <root>/Dataframes/<City>.csv with columns "
@@ -78,29 +77,21 @@ def read_city_csv(root: Path, city: str, offset: int = 0) -> CityTable:
                              f"(found {header})")
         for row in reader:
             line = reader.line_num
-            try:
-                ints = {k: int(row[k]) for k in ("place_id", "year", "month", "northdeg")}
-            except (TypeError, ValueError):
-                bad = next(k for k in ("place_id", "year", "month", "northdeg") if not _is_int(row[k]))
-                raise ValueError(f"{path}, line {line}: {bad} must be an integer, got {row[bad]!r}") from None
+            for key in ("place_id", "year", "month", "northdeg"):
+                try:
+                    int(row[key])  # type: ignore[arg-type]
+                except (TypeError, ValueError):
+                    raise ValueError(f"{path}, line {line}: {key} must be an integer, got {row[key]!r}") from None
             try:
                 name = gsv_image_name(row)
             except (TypeError, ValueError):
                 raise ValueError(f"{path}, line {line}: lat/lon must be numbers, got {row['lat']!r}, "
                                  f"{row['lon']!r}") from None
-            ids.append(ints["place_id"] + offset)
+            ids.append(int(row["place_id"]) + offset)
             paths.append(f"Images/{row['city_id']}/{name}")
     if not ids:
         raise ValueError(f"{path}: no rows; expected one row per image with columns {', '.join(GSV_COLUMNS)}")
     return CityTable(city, np.asarray(ids, dtype=np.int64), tuple(paths))
-
-
-def _is_int(text: str | None) -> bool:
-    try:
-        int(text)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return False
-    return True
 
 
 def read_cities(root: str | Path, cities: Sequence[str]) -> list[CityTable]:
