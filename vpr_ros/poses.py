@@ -1,16 +1,13 @@
 """Pose of a camera frame from a stream of odometry or pose messages, looked up by image stamp.
 
 Odometry rarely shares the camera's stamps, so a keyframe's pose is interpolated between the two
-samples around it (position linearly, orientation by slerp). Interpolating across a long gap
-would invent motion, so gaps longer than ``max_gap_s`` give no pose; a stamp just beyond a
-sample (the newest odometry often lags the image a little) takes that sample if it is within
-``max_gap_s / 2``.
+samples around it (position linearly, orientation by slerp). A gap longer than ``max_gap_s`` gives
+no pose (interpolating would invent motion); a stamp just beyond a sample (the newest odometry often
+lags the image) takes that sample within ``max_gap_s / 2``.
 
-A sample that is not finite or lies further than :data:`MAX_POSITION_M` from its frame's origin
-is refused (InputError, which callers count as a rejected sample): no odometry or map frame is that
-large, and interpolating between such numbers (±1e308) overflowed to inf, which poisoned the place
-map it was stored in. Between bounded samples an interpolated pose is bounded too (a convex
-combination, and a unit quaternion), so every pose looked up is finite.
+A sample that is not finite or further than :data:`MAX_POSITION_M` from its frame's origin is an
+InputError: interpolating between such numbers (±1e308) overflowed to inf and poisoned the place map.
+Between bounded samples every interpolated pose is bounded and finite too.
 """
 
 from __future__ import annotations
@@ -36,11 +33,8 @@ class _Sample(NamedTuple):
 
 
 def slerp(q0: np.ndarray, q1: np.ndarray, t: float) -> np.ndarray:
-    """Unit quaternion (xyzw) a fraction ``t`` of the shortest rotation from ``q0`` to ``q1``.
-
-    ``q`` and ``-q`` are the same rotation: ``q1`` is flipped when needed so the short way is
-    taken. Nearly equal quaternions are normalised-lerped instead (slerp would divide by ~0).
-    """
+    """Unit quaternion (xyzw) a fraction ``t`` of the shortest rotation from ``q0`` to ``q1`` (``q1`` is flipped
+    when ``-q1`` is the short way); nearly equal quaternions are normalised-lerped (slerp would divide by ~0)."""
     q0 = np.asarray(q0, np.float64)
     q1 = np.asarray(q1, np.float64)
     dot = float(q0 @ q1)
@@ -56,10 +50,7 @@ def slerp(q0: np.ndarray, q1: np.ndarray, t: float) -> np.ndarray:
 
 class PoseBuffer:
     """Time-sorted pose samples of the last ``max_age_s`` seconds, keyed by integer nanoseconds; thread-safe.
-
-    Samples may arrive out of order (several publishers, bag playback); a sample with the same
-    stamp as a buffered one replaces it.
-    """
+    Samples may arrive out of order (several publishers, bag playback); one of a buffered stamp replaces it."""
 
     def __init__(self, max_age_s: float = 60.0, max_gap_s: float = 0.5) -> None:
         if not max_age_s > 0 or not max_gap_s > 0:
@@ -138,12 +129,8 @@ def _pose(sample: _Sample) -> Pose:
 
 
 def pose_from_msg(msg: Any) -> tuple[int, np.ndarray, np.ndarray, str]:
-    """(stamp in ns, position (3,), orientation xyzw (4,), frame_id) of a pose-carrying message.
-
-    Duck-typed over nav_msgs/Odometry and geometry_msgs/PoseWithCovarianceStamped
-    (``msg.pose.pose``) and geometry_msgs/PoseStamped (``msg.pose``), from rclpy or rosbags.
-    The frame is the header's (for Odometry the pose is of ``child_frame_id`` in that frame).
-    """
+    """(stamp in ns, position (3,), orientation xyzw (4,), header frame_id) of a nav_msgs/Odometry,
+    geometry_msgs/PoseWithCovarianceStamped (``msg.pose.pose``) or PoseStamped (``msg.pose``), rclpy or rosbags."""
     try:
         pose = msg.pose.pose if hasattr(msg.pose, "pose") else msg.pose
         p, q = pose.position, pose.orientation
