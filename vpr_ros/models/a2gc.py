@@ -56,15 +56,11 @@ class A2GCConfig(AggregatorConfig):
     geo_dim: int = 16
     geo_lambda: float = 0.15
 
-    @property
-    def descriptor_dim(self) -> int:
-        return self.token_dim + self.num_clusters * self.cluster_dim
+    descriptor_dim = SaladConfig.descriptor_dim  # SALAD's heads, so SALAD's sizes
+    describe_sizes = SaladConfig.describe_sizes
 
     def build(self) -> A2GC:
         return A2GC(self)
-
-    def describe_sizes(self) -> str:
-        return f"m{self.num_clusters} l{self.cluster_dim} g{self.token_dim}"
 
     @classmethod
     def recognises(cls, sd: StateDict, user: Mapping[str, Any]) -> bool:
@@ -102,10 +98,6 @@ class A2GC(nn.Module):
         if cfg.use_geometric_ot:
             self.geo_proj = nn.Conv2d(2, cfg.geo_dim, 1)
             self.cluster_geo = nn.Parameter(torch.randn(cfg.num_clusters, cfg.geo_dim) * 0.02)
-
-    @property
-    def descriptor_dim(self) -> int:
-        return self.cfg.descriptor_dim
 
     def geo_scores(self, h: int, w: int, batch: int = 1) -> torch.Tensor:
         """Geometric compatibility ``[B, m, h*w]`` of every cluster with every grid position."""

@@ -116,10 +116,6 @@ class BoQ(nn.Module):
             BoQBlock(cfg.proj_channels, cfg.num_queries, cfg.num_heads) for _ in range(cfg.num_layers))
         self.fc = nn.Linear(cfg.num_layers * cfg.num_queries, cfg.row_dim)
 
-    @property
-    def descriptor_dim(self) -> int:
-        return self.cfg.descriptor_dim
-
     def forward_with_attention(self, feature_map: torch.Tensor, need_weights: bool = True
                                ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Descriptor ``[B, D]`` and, per block, the head-averaged cross-attention of its queries

@@ -24,8 +24,27 @@ from torch import nn
 from vpr_ros.models.dinov2 import DinoV2Config
 from vpr_ros.models.family import AGG_PREFIX, AggregatorConfig, Options, StateDict, shape, sized_config
 from vpr_ros.models.option_checks import SIZE
-from vpr_ros.models.salad import HIDDEN, SALAD, SaladConfig, check_patch_count, salad_shapes
+from vpr_ros.models.salad import HIDDEN, SALAD, SaladConfig, salad_shapes
 from vpr_ros.types import PATCH_SIZE
+
+
+def patch_multiple_size(height: int, width: int) -> tuple[int, int]:
+    """The input size MegaLoc resizes to: each side rounded to the nearest multiple of 14
+    (Python rounding, ties to even, as the reference does)."""
+    h, w = round(height / PATCH_SIZE) * PATCH_SIZE, round(width / PATCH_SIZE) * PATCH_SIZE
+    if not h or not w:
+        raise ValueError(f"a {height}x{width} image is too small for MegaLoc: each side must be at least "
+                         f"{PATCH_SIZE // 2 + 1} px (it is resized to a multiple of {PATCH_SIZE})")
+    return h, w
+
+
+def resize_to_patch_multiple(images: torch.Tensor) -> torch.Tensor:
+    """MegaLoc's input rule: normalised images whose sides are not multiples of 14 are resized
+    (bilinear, antialiased, on the normalised tensor) to :func:`patch_multiple_size`."""
+    height, width = images.shape[-2:]
+    if height % PATCH_SIZE == 0 and width % PATCH_SIZE == 0:
+        return images
+    return TF.resize(images, list(patch_multiple_size(height, width)), antialias=True)
 
 
 @dataclass(frozen=True)
@@ -49,19 +68,13 @@ class MegaLocConfig(AggregatorConfig):
     dropout: float = 0.3
     sinkhorn_iters: int = 3
 
-    @property
-    def salad_dim(self) -> int:
-        """Length of the SALAD vector that ``linear`` projects."""
-        return self.token_dim + self.num_clusters * self.cluster_dim
+    input_size = staticmethod(patch_multiple_size)
+    fit_input = staticmethod(resize_to_patch_multiple)
+    check_patches = SaladConfig.check_patches
 
     @property
     def descriptor_dim(self) -> int:
         return self.feat_dim
-
-    def salad_config(self) -> SaladConfig:
-        return SaladConfig(num_channels=self.num_channels, num_clusters=self.num_clusters,
-                           cluster_dim=self.cluster_dim, token_dim=self.token_dim, dropout=self.dropout,
-                           sinkhorn_iters=self.sinkhorn_iters, hidden_dim=self.mlp_dim)
 
     def build(self) -> MegaLocAggregator:
         return MegaLocAggregator(self)
@@ -69,24 +82,13 @@ class MegaLocConfig(AggregatorConfig):
     def describe_sizes(self) -> str:
         return f"m{self.num_clusters} l{self.cluster_dim} g{self.token_dim} h{self.mlp_dim}"
 
-    def input_size(self, height: int, width: int) -> tuple[int, int]:
-        return patch_multiple_size(height, width)
-
-    def fit_input(self, images: torch.Tensor) -> torch.Tensor:
-        return resize_to_patch_multiple(images)
-
-    def check_patches(self, height: int, width: int) -> None:
-        check_patch_count(height, width, self.num_clusters)
-
     @classmethod
     def from_state_dict(cls, sd: StateDict, backbone: DinoV2Config, opts: Options
                         ) -> tuple[DinoV2Config, MegaLocConfig]:
         """SALAD sizes (with the head width ``mlp_dim``) and the projection from the shapes."""
-        salad, (feat_dim, _) = AGG_PREFIX + "agg.", shape(sd, AGG_PREFIX + "linear.weight")
-        mlp_dim, width = shape(sd, salad + "token_features.0.weight")
-        heads = salad_shapes(sd, salad)
-        shapes = {"num_channels": width, "mlp_dim": mlp_dim, **{k: heads[k] for k in ("num_clusters", "cluster_dim",
-                  "token_dim")}, "feat_dim": feat_dim}
+        feat_dim, heads = shape(sd, AGG_PREFIX + "linear.weight")[0], salad_shapes(sd, AGG_PREFIX + "agg.")
+        shapes = {"num_channels": heads["num_channels"], "mlp_dim": heads["hidden_dim"],
+                  **{k: heads[k] for k in ("num_clusters", "cluster_dim", "token_dim")}, "feat_dim": feat_dim}
         return backbone, sized_config(cls, shapes, opts["aggregator"], backbone.embed_dim)
 
 
@@ -96,12 +98,9 @@ class MegaLocAggregator(nn.Module):
     def __init__(self, cfg: MegaLocConfig = MegaLocConfig()) -> None:
         super().__init__()
         self.cfg = cfg
-        self.agg = SALAD(cfg.salad_config())
-        self.linear = nn.Linear(cfg.salad_dim, cfg.feat_dim)
-
-    @property
-    def descriptor_dim(self) -> int:
-        return self.cfg.descriptor_dim
+        self.agg = SALAD(SaladConfig(cfg.num_channels, cfg.num_clusters, cfg.cluster_dim, cfg.token_dim, cfg.dropout,
+                                     cfg.sinkhorn_iters, hidden_dim=cfg.mlp_dim))
+        self.linear = nn.Linear(self.agg.cfg.descriptor_dim, cfg.feat_dim)
 
     def log_assignment(self, feature_map: torch.Tensor) -> torch.Tensor:
         """SALAD's log transport plan with the dustbin row: ``[B, m + 1, n]``."""
@@ -109,22 +108,3 @@ class MegaLocAggregator(nn.Module):
 
     def forward(self, x: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         return F.normalize(self.linear(self.agg(x)), p=2, dim=-1)
-
-
-def patch_multiple_size(height: int, width: int) -> tuple[int, int]:
-    """The input size MegaLoc resizes to: each side rounded to the nearest multiple of 14
-    (Python rounding, ties to even, as the reference does)."""
-    h, w = round(height / PATCH_SIZE) * PATCH_SIZE, round(width / PATCH_SIZE) * PATCH_SIZE
-    if not h or not w:
-        raise ValueError(f"a {height}x{width} image is too small for MegaLoc: each side must be at least "
-                         f"{PATCH_SIZE // 2 + 1} px (it is resized to a multiple of {PATCH_SIZE})")
-    return h, w
-
-
-def resize_to_patch_multiple(images: torch.Tensor) -> torch.Tensor:
-    """MegaLoc's input rule: normalised images whose sides are not multiples of 14 are resized
-    (bilinear, antialiased, on the normalised tensor) to :func:`patch_multiple_size`."""
-    height, width = images.shape[-2:]
-    if height % PATCH_SIZE == 0 and width % PATCH_SIZE == 0:
-        return images
-    return TF.resize(images, list(patch_multiple_size(height, width)), antialias=True)

@@ -55,7 +55,14 @@ class SaladConfig(AggregatorConfig):
         return f"m{self.num_clusters} l{self.cluster_dim} g{self.token_dim}"
 
     def check_patches(self, height: int, width: int) -> None:
-        check_patch_count(height, width, self.num_clusters)
+        """Optimal transport with a dustbin needs more patches than clusters."""
+        patches = (height // PATCH_SIZE) * (width // PATCH_SIZE)
+        if patches <= self.num_clusters:
+            side = (int(self.num_clusters**0.5) + 1) * PATCH_SIZE
+            raise ValueError(
+                f"a {height}x{width} image gives {patches} patches, but SALAD needs more patches than "
+                f"clusters ({self.num_clusters}); use at least {side}x{side}"
+            )
 
     @classmethod
     def from_state_dict(cls, sd: StateDict, backbone: DinoV2Config, opts: Options) -> tuple[DinoV2Config, SaladConfig]:
@@ -71,17 +78,6 @@ def salad_shapes(sd: StateDict, prefix: str = AGG_PREFIX) -> dict[str, int]:
         "token_dim": shape(sd, prefix + "token_features.2.weight")[0],
         "hidden_dim": shape(sd, prefix + "token_features.0.weight")[0],
     }
-
-
-def check_patch_count(height: int, width: int, clusters: int) -> None:
-    """Optimal transport with a dustbin needs more patches than clusters."""
-    patches = (height // PATCH_SIZE) * (width // PATCH_SIZE)
-    if patches <= clusters:
-        side = (int(clusters**0.5) + 1) * PATCH_SIZE
-        raise ValueError(
-            f"a {height}x{width} image gives {patches} patches, but SALAD needs more patches than "
-            f"clusters ({clusters}); use at least {side}x{side}"
-        )
 
 
 def conv_head(in_ch: int, out_ch: int, dropout: float | nn.Module, hidden: int = HIDDEN) -> nn.Sequential:
@@ -125,10 +121,6 @@ class SALAD(nn.Module):
         self.cluster_features = conv_head(cfg.num_channels, cfg.cluster_dim, cfg.dropout, cfg.hidden_dim)
         self.score = conv_head(cfg.num_channels, cfg.num_clusters, cfg.dropout, cfg.hidden_dim)
         self.dust_bin = nn.Parameter(torch.tensor(1.0))
-
-    @property
-    def descriptor_dim(self) -> int:
-        return self.cfg.descriptor_dim
 
     def log_assignment(self, feature_map: torch.Tensor) -> torch.Tensor:
         """Log transport plan with the dustbin row: ``[B, m + 1, n]``."""
