@@ -80,11 +80,9 @@ class EvalDataset:
     positives: list[np.ndarray] | None
 
     def db_paths(self) -> list[Path]:
-        """Absolute paths of the references, in file order."""
         return [self.root / p for p in self.db_images]
 
     def q_paths(self) -> list[Path]:
-        """Absolute paths of the queries, in file order."""
         return [self.root / p for p in self.q_images]
 
 
@@ -181,11 +179,8 @@ def radius_positives(db_utm: np.ndarray, q_utm: np.ndarray, radius: float = POS_
 
 def nordland_positives(n_db: int, n_q: int, window: int = 1) -> list[np.ndarray]:
     """Query i matches references ``10i-window .. 10i+window`` clipped to ``[0, n_db)``."""
-    out = []
-    for i in range(n_q):
-        c = NORDLAND_STRIDE * i
-        out.append(np.arange(max(c - window, 0), min(c + window, n_db - 1) + 1, dtype=np.int64))
-    return out
+    return [np.arange(max(c - window, 0), min(c + window, n_db - 1) + 1, dtype=np.int64)
+            for c in range(0, NORDLAND_STRIDE * n_q, NORDLAND_STRIDE)]
 
 
 def _utm_from_name(path: str) -> tuple[float, float]:
@@ -203,9 +198,7 @@ def _require(name: str, root: Path, rel: Sequence[str], note: str = "") -> None:
 
 
 def _check_images(ds: EvalDataset) -> EvalDataset:
-    missing = [p for p in ds.db_paths() + ds.q_paths() if not p.is_file()]
-    if missing:
-        raise MissingFilesError(ds.name, missing, "(image files listed in the metadata)")
+    _require(ds.name, ds.root, ds.db_images + ds.q_images, "(image files listed in the metadata)")
     return ds
 
 

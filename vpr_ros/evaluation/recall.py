@@ -352,9 +352,8 @@ def write_msls_predictions(path: Path, dataset: EvalDataset, predictions: np.nda
     Keys are file stems (the Mapillary image keys), space-separated.
     """
     db_keys = [Path(name).stem for name in dataset.db_images]
-    lines = []
-    for q_name, pred in zip(dataset.q_images, predictions, strict=True):
-        lines.append(" ".join([Path(q_name).stem, *(db_keys[j] for j in pred if j >= 0)]))
+    lines = [" ".join([Path(q_name).stem, *(db_keys[j] for j in pred if j >= 0)])
+             for q_name, pred in zip(dataset.q_images, predictions, strict=True)]
     write_atomic(path, ("\n".join(lines) + "\n").encode())
 
 
