@@ -10,17 +10,14 @@ vectors) and keyed by place id.
 | hnsw      | IDMap2,HNSW32,Flat (graph)        | 4 d + ~256        | never needs training   |
 | pca<N>ivf | IDMap2,PCA<N>,L2norm,IVF<nlist>,SQ8 | N + ~10         | max(N, 10,000)         |
 
-(plus 8 bytes of id per place.) Until a kind that needs training has enough places, the map
-keeps its places in an exact flat index and answers exactly; at the threshold it trains on the
-map's own descriptors and moves them over. pca<N> scores are cosines in the reduced space.
-HNSW and IVF-PQ (with its id hash table) cannot delete: the map hides removed places instead
-(tombstones). Training runs inside ``add`` when the threshold is reached, under the map's lock:
-for ivfpq on 8448-d descriptors that is tens of seconds once (a live node drops frames meanwhile;
-build large maps offline). pca<N>ivf (e.g. pca256ivf) is the kind for maps of ~1M places: on
-bench/map.py's synthetic 8448-d descriptors at 1M places it answers in ~3 ms with 315 MB and
-Recall@1 within a point of exact search (98.4 % of top-1 answers identical), where ivfpq's
-64-byte codes keep 4 %. IVF kinds fix their lists when they train (256 at 10,000 places), so
-a query scans IVF_NPROBE / 256 of the map and its time grows linearly with the map.
+(plus 8 bytes of id per place.) Until a kind that needs training has enough places, the map answers
+exactly from a flat index; at the threshold ``add`` trains it on the map's own descriptors under the
+map's lock (tens of seconds once for ivfpq on 8448-d: a live node drops frames meanwhile, so build large
+maps offline). pca<N> scores are cosines in the reduced space. HNSW and IVF-PQ cannot delete: the map
+hides removed places (tombstones). pca<N>ivf is the kind for ~1M places: on bench/map.py's synthetic
+8448-d descriptors it answers in ~3 ms with 315 MB and 98.4 % of exact search's top-1 answers, where
+ivfpq's 64-byte codes keep 4 %. IVF kinds fix their lists when they train (256 at 10,000 places), so a
+query scans IVF_NPROBE / 256 of the map and its time grows linearly with the map.
 """
 
 from __future__ import annotations
@@ -40,6 +37,7 @@ HNSW_M = 32
 HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 80, 128
 IVF_NPROBE = 32  # lists visited per query: recall vs. speed, measured in bench/map.py
 _PCA = re.compile(r"pca([1-9]\d*)(ivf)?")
+_UNTRAINED = {"flat": "IDMap2,Flat", "fp16": "IDMap2,SQfp16", "hnsw": f"IDMap2,HNSW{HNSW_M},Flat"}  # factory strings
 
 
 @dataclass(frozen=True)
@@ -76,12 +74,8 @@ class IndexKind:
 
     def factory(self, dim: int, count: int) -> str:
         """faiss factory string for a map of ``count`` places (sizes IVF lists to the data)."""
-        if self.name == "flat":
-            return "IDMap2,Flat"
-        if self.name == "fp16":
-            return "IDMap2,SQfp16"
-        if self.name == "hnsw":
-            return f"IDMap2,HNSW{HNSW_M},Flat"
+        if self.name in _UNTRAINED:
+            return _UNTRAINED[self.name]
         if self.pca_dim is not None and not self.ivf:
             return f"IDMap2,PCA{self.pca_dim},L2norm,Flat"
         nlist = int(np.clip(2 ** round(math.log2(4 * math.sqrt(max(count, 1)))), 64, 16384))
@@ -99,9 +93,8 @@ def pq_subquantizers(dim: int) -> int:
 def new_index(kind: IndexKind, dim: int, count: int = 0) -> faiss.Index:
     """An empty index of ``kind`` with inner-product metric."""
     index = faiss.index_factory(dim, kind.factory(dim, count), faiss.METRIC_INNER_PRODUCT)
-    if isinstance(faiss.downcast_index(index.index), faiss.IndexHNSW):
-        hnsw = faiss.downcast_index(index.index).hnsw
-        hnsw.efConstruction, hnsw.efSearch = HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH
+    if isinstance(inner := faiss.downcast_index(index.index), faiss.IndexHNSW):
+        inner.hnsw.efConstruction, inner.hnsw.efSearch = HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH
     return index
 
 

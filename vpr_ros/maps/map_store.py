@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import glob
+import itertools
 import json
 import logging
 import math
@@ -169,21 +170,20 @@ def load(cls: type[PlaceMap], path: str | os.PathLike, model_id: ModelIdentity |
 
 def _load(cls: type[PlaceMap], folder: storage.Folder, model_id: ModelIdentity | None) -> PlaceMap:
     info = read_info(folder)
-    path = info.path
-    check_model(info.model, model_id, path)
+    check_model(info.model, model_id, info.path)
     _check_files(folder, info)
     pm = cls(info.dim, IndexKind.parse(info.index), info.model)
     try:
         pm.index = faiss.read_index(str(folder.file(INDEX_FILE)))
     except (RuntimeError, MemoryError) as exc:
-        raise CorruptMapError(f"{path / INDEX_FILE} cannot be read: {str(exc).splitlines()[0]}") from exc
+        raise CorruptMapError(f"{info.path / INDEX_FILE} cannot be read: {str(exc).splitlines()[0]}") from exc
     pm.trained = info.trained
-    _read_places(pm, folder.file(PLACES_FILE), path / PLACES_FILE, info.next_id)
+    _read_places(pm, folder.file(PLACES_FILE), info.path / PLACES_FILE, info.next_id)
     # maps saved before the manifest had enu_origin carry it in their ``enu:lat,lon,alt`` frame ids
     pm.enu_origin = info.enu_origin or next(filter(None, map(enu_origin_of, pm.cols.strings)), None)
     pm.calibration = info.calibration
     _check_index(pm, info)
-    check_contents(pm.index, path / INDEX_FILE)
+    check_contents(pm.index, info.path / INDEX_FILE)
     return pm
 
 
@@ -251,13 +251,8 @@ SQLITE_STEPS_PER_PLACE = 200  # progress-handler calls (of 1000 VM steps) a read
 def _select_places(con: sqlite3.Connection, shown: Path, next_id: int) -> tuple[list, list]:
     """Rows of the places and local_features tables, read defensively (see ``_read_places``)."""
     con.execute("PRAGMA trusted_schema = OFF")  # no functions with side effects from the schema
-    budget = [SQLITE_STEPS_PER_PLACE * (next_id + 1000)]
-
-    def spend() -> int:
-        budget[0] -= 1
-        return budget[0] < 0  # non-zero: sqlite interrupts the statement
-
-    con.set_progress_handler(spend, 1000)
+    calls, budget = itertools.count(), SQLITE_STEPS_PER_PLACE * (next_id + 1000)
+    con.set_progress_handler(lambda: next(calls) >= budget, 1000)  # true: sqlite interrupts the statement
     tables = dict(con.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table' AND name IN "
                               "('places', 'local_features')"))
     columns: dict[str, set[str]] = {}
