@@ -1,17 +1,13 @@
 """Offline place maps from rosbags: decode, pick keyframes, describe in batches, save a PlaceMap.
 
-A background thread reads and decodes frames ahead (:class:`vpr_ros.bags.read_ahead.ReadAhead`) while the
-model describes the previous batch, so inference stays the bottleneck. Keyframes are chosen in
-two steps by :class:`vpr_ros.maps.keyframes.KeyframeSelector` (the live node's gate too):
-time/distance subsampling before inference, descriptor novelty after it.
+A background thread decodes frames ahead (:class:`vpr_ros.bags.read_ahead.ReadAhead`) while the model
+describes the previous batch, so inference stays the bottleneck. Keyframes pass the live node's gate
+(:class:`vpr_ros.maps.keyframes.KeyframeSelector`): time/distance before inference, novelty after it.
 
-Places are keyed by the image ``header.stamp`` and carry the interpolated pose when there is one
-(pose samples that are not finite or absurdly far are rejected and counted). The map's write lock
-is held from opening the map to saving it, so a second writer is refused instead of one of the two
-losing its places.
-Bags are read one after another; if one turns out damaged half-way, the places added so far are
-saved (atomically, so the earlier map is never lost) and :class:`vpr_ros.errors.BagError` is
-raised with the summary attached.
+The map's write lock is held from opening the map to saving it, so a second writer is refused instead
+of one of the two losing its places. If a bag turns out damaged half-way, the places added so far are
+saved (atomically, so the earlier map is never lost) and :class:`vpr_ros.errors.BagError` is raised
+with the summary attached.
 """
 
 from __future__ import annotations

@@ -49,12 +49,12 @@ def cmd_matches(args) -> int:
     return 0
 
 
-def _aggregator_input(args, method: str, missing: str):
+def _image_input(args, method: str | None = None, missing: str = ""):
     """The extractor, patch tokens and aggregator input of ``args.image``, once the model's aggregator is
-    known to have ``method`` (else an InputError: the model ``missing`` ...)."""
+    known to have ``method`` if one is named (else an InputError: the model ``missing`` ...)."""
     require_files([args.image])
     ext = make_extractor(args)
-    if not hasattr(ext.model.aggregator, method):
+    if method is not None and not hasattr(ext.model.aggregator, method):
         raise InputError(f"{ext.model.cfg.arch} {missing}")
     _, tokens, fmap = _patch_features(ext, str(args.image))
     return ext, tokens, fmap
@@ -67,7 +67,7 @@ def cmd_assignment(args) -> int:
     from vpr_ros.plotting.features import assignment_maps, plot_assignment
 
     why = "has no cluster assignment; `vpr-ros visualize attention` shows where its queries look"
-    ext, tokens, fmap = _aggregator_input(args, "log_assignment", why)
+    ext, tokens, fmap = _image_input(args, "log_assignment", why)
     with torch.inference_mode():
         log_plan = ext.model.aggregator.log_assignment(fmap)[0].float().cpu().numpy()
     clusters, dustbin = assignment_maps(log_plan, tokens.shape[:2])
@@ -85,7 +85,7 @@ def cmd_attention(args) -> int:
     from vpr_ros.plotting.attention import plot_query_attention, query_attention
 
     why = "has no learned queries (BoQ has); `vpr-ros visualize assignment` shows its clusters"
-    ext, tokens, fmap = _aggregator_input(args, "forward_with_attention", why)
+    ext, tokens, fmap = _image_input(args, "forward_with_attention", why)
     with torch.inference_mode():
         _, maps = ext.model.aggregator.forward_with_attention(fmap)
     attention = query_attention([m[0].float().cpu().numpy() for m in maps], tokens.shape[:2])
@@ -99,9 +99,7 @@ def cmd_heatmap(args) -> int:
     from vpr_ros.plotting import resized_rgb
     from vpr_ros.plotting.features import plot_heatmaps
 
-    require_files([args.image])
-    ext = make_extractor(args)
-    _, tokens, _ = _patch_features(ext, str(args.image))
+    ext, tokens, _ = _image_input(args)
     plot_heatmaps(resized_rgb(args.image, ext.image_size), tokens, args.out, args.channels)
     print(f"wrote {args.out}")
     return 0
