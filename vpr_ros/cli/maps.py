@@ -247,7 +247,6 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    """``build-map``, ``map-info`` and ``query``: place maps from rosbags and what is in them."""
     p = sub.add_parser("build-map", help="build a place map from rosbags (ROS 1 .bag, ROS 2 sqlite3/mcap)")
     p.add_argument("--bag", action="append", required=True, type=Path, metavar="PATH",
                    help="bag file or ROS 2 bag folder; repeat for several bags, read in the order given")

@@ -58,20 +58,6 @@ def _view(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(arr)
 
 
-class _Writer:
-    """Saves a fresh view of place ``place`` at ``root / rel`` (JPEG) and returns ``rel``."""
-
-    def __init__(self, root: Path, view: Callable[[int], np.ndarray | Image.Image]) -> None:
-        self.root, self.view = root, view
-
-    def __call__(self, rel: str, place: int) -> str:
-        path = self.root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        img = self.view(place)
-        (Image.fromarray(img) if isinstance(img, np.ndarray) else img).save(path, quality=85)
-        return rel
-
-
 def _key(rng: np.random.Generator) -> str:
     alphabet = np.array(list(string.ascii_letters + string.digits + "-_"))
     return "".join(rng.choice(alphabet, 22))
@@ -114,7 +100,14 @@ def write_dataset(
     spare = 2 if name == "msls_val" else 0
     root = Path(out_root) / DATASET_SPECS[name].folder
     root.mkdir(parents=True, exist_ok=True)
-    put = _Writer(root, view)
+
+    def put(rel: str, place: int) -> str:
+        """Save a fresh view of ``place`` at ``root / rel`` (JPEG) and return ``rel``."""
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        img = view(place)
+        (Image.fromarray(img) if isinstance(img, np.ndarray) else img).save(path, quality=85)
+        return rel
 
     def save(fname: str, arr: np.ndarray) -> None:
         np.save(root / fname, arr, allow_pickle=arr.dtype.hasobject)
@@ -177,7 +170,7 @@ def _sfxl_name(east: float, north: float, rng: np.random.Generator) -> str:
 def _gen_pittsburgh(
     name: str,
     root: Path,
-    put: _Writer,
+    put: Callable[[str, int], str],
     save: Callable[[str, np.ndarray], None],
     n_places: int,
     rng: np.random.Generator,

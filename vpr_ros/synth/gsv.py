@@ -72,11 +72,8 @@ def skimage_photos() -> list[tuple[str, np.ndarray]]:
     """The photographs bundled with scikit-image (``SKIMAGE_PHOTOS``) as (name, HxWx3 uint8)."""
     from skimage import data
 
-    out = []
-    for name in SKIMAGE_PHOTOS:
-        img = data.stereo_motorcycle()[0] if name == "motorcycle_left" else getattr(data, name)()
-        out.append((name, _rgb(img)))
-    return out
+    return [(name, _rgb(data.stereo_motorcycle()[0] if name == "motorcycle_left" else getattr(data, name)()))
+            for name in SKIMAGE_PHOTOS]
 
 
 def scene_photos() -> list[tuple[str, np.ndarray]]:
