@@ -2,9 +2,8 @@
 
 1. ``min_period`` / ``min_distance`` subsample the stream before inference (they cost nothing): a
    frame passes when it is at least that many seconds / metres from the previous frame that passed.
-   Without a position the distance cannot be measured, so it does not drop the frame (counted as
-   ``distance_unchecked``). A stamp jump backwards (a bag played again, simulated time reset)
-   counts by its size, so the gate reopens instead of closing until time catches up.
+   A frame without a position passes the distance gate (counted as ``distance_unchecked``). A stamp
+   jump backwards (a bag played again) counts by its size, so the gate reopens instead of closing.
 2. ``novelty`` drops a frame whose descriptor's cosine similarity to the last kept keyframe is above
    the threshold (the robot stood still, or the view did not change).
 """
@@ -29,7 +28,6 @@ class KeyframeSelector:
         self._last_stamp: int | None = None  # nanoseconds
         self._last_position: np.ndarray | None = None
         self._last_descriptor: np.ndarray | None = None
-        self.min_period, self.min_distance, self.novelty = 0.0, 0.0, None
         self.configure(min_period, min_distance, novelty)
 
     def configure(self, min_period: float, min_distance: float = 0.0, novelty: float | None = None) -> None:
