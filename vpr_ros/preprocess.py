@@ -32,8 +32,6 @@ shrinks much more than the width (e.g. 512x512 to 322x434, or portrait frames to
 the fast path keeps the classic horizontal-first order and its mean deviation rises to about 4e-3,
 the maximum staying at one level. ``cv2.resize(INTER_LINEAR)`` is not antialiased and differs by
 up to 0.7-1.1 (mean 0.02-0.07) on the same 224/322 cases, which is why OpenCV is not used for resizing.
-
-Both paths require H and W to be multiples of the DINOv2 patch size (14).
 """
 
 from __future__ import annotations
@@ -232,10 +230,9 @@ def preprocess_fast(
 
     ``images`` are RGB uint8 arrays (sizes may differ) or a uint8 tensor [B, H, W, 3] / [B, 3, H, W].
     The uint8 data is moved to ``device`` first (4x less to transfer than float), then resized with
-    antialiased bilinear interpolation, which mimics PIL's widened support when downscaling, in
-    PIL's two rounded passes. With
-    ``device=None`` a tensor input stays where it is and arrays are processed on CPU. See the module
-    docstring for the measured deviation from :func:`preprocess_exact`.
+    antialiased bilinear interpolation, which mimics PIL's widened support when downscaling, in PIL's two
+    rounded passes. With ``device=None`` a tensor input stays where it is and arrays are processed on CPU.
+    See the module docstring for the measured deviation from :func:`preprocess_exact`.
     """
     h, w = check_image_size(size)
     groups = _uint8_batch_chw(images)
@@ -285,7 +282,6 @@ def to_uint8_image(tensor: torch.Tensor) -> np.ndarray:
     """Undo Normalize on one model input [3, H, W] to an RGB uint8 (H, W, 3) array, e.g. for plots."""
     if tensor.ndim != 3 or tensor.shape[0] != 3:
         raise InputError(f"expected a tensor of shape [3, H, W], got {tuple(tensor.shape)}")
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
+    mean, std = (t.view(3, 1, 1) for t in imagenet_stats())
     x = tensor.detach().to("cpu", torch.float32) * std + mean
     return (x * 255.0).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()

@@ -63,11 +63,9 @@ def read_npy(path: Path) -> np.ndarray:
     """
     try:
         with path.open("rb") as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-            else:
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            fmt = np.lib.format
+            read_header = fmt.read_array_header_1_0 if fmt.read_magic(f) == (1, 0) else fmt.read_array_header_2_0
+            shape, _, dtype = read_header(f)
             if not dtype.hasobject:
                 claimed = math.prod(shape) * dtype.itemsize
                 if f.tell() + claimed > path.stat().st_size:

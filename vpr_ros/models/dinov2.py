@@ -131,7 +131,6 @@ class DinoV2Backbone(nn.Module):
                 f"got num_trainable_blocks={cfg.num_trainable_blocks}"
             )
         self.cfg = cfg
-        self.num_channels = cfg.embed_dim
         self.model = DinoVisionTransformer(cfg, init_weights=init_weights)
         self.freeze_untrained()
 

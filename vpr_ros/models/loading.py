@@ -67,6 +67,7 @@ def infer_backbone_config(sd: StateDict, prefix: str = BACKBONE_PREFIX, **overri
         raise CheckpointError("config does not match the checkpoint's shapes: " + "; ".join(conflicts))
     return dataclasses.replace(cfg, **overrides)
 
+
 def canonical_state_dict(sd: Mapping[str, torch.Tensor]) -> StateDict:
     """The state dict under this package's keys: the backbone prefix of the release (the first of
     :data:`BACKBONE_ALIASES` whose ``cls_token`` is present) becomes ``backbone.model.``; every
@@ -118,6 +119,7 @@ def check_layout(sd: StateDict) -> None:
         f"not a {titles} checkpoint: expected keys '{BACKBONE_PREFIX}*' (or the releases' {releases}) and "
         f"'{AGG_PREFIX}*'; first unexpected keys: {foreign[:5]}"
     )
+
 
 # Reference constructor vocabulary -> our config fields.
 _AGG_RENAMES = {k: v for cls in FAMILIES for k, v in cls.renames.items()}
@@ -195,7 +197,6 @@ def parse_config(config: Mapping[str, Any], source: str = "model options") -> di
     return {"backbone": {k: v for k, (_, v) in bb.items()}, "aggregator": agg_values}
 
 
-
 OPTIONS: dict[str, Check] = {
     # backbone (DinoV2Config)
     "embed_dim": SIZE, "depth": int_range(1, 256), "num_heads": int_range(1, 1024), "ffn": one_of("mlp", "swiglu"),
@@ -259,10 +260,8 @@ def load_model(
         truncated, Python objects besides tensors, NaN / inf values, foreign architecture,
         shapes or dtypes that do not fit, options in ``config`` that contradict the shapes.
     """
-    if isinstance(source, Mapping):
-        sd, sha = unwrap_state_dict(source, "state dict"), None
-    else:
-        sd, sha = read_checkpoint(source)
+    sd, sha = ((unwrap_state_dict(source, "state dict"), None) if isinstance(source, Mapping)
+               else read_checkpoint(source))
     sd = canonical_state_dict(sd)
     try:
         cfg = infer_config(sd, config)
@@ -293,33 +292,18 @@ def load_strict(model: torch.nn.Module, sd: StateDict) -> None:
     unexpected = [k for k in sd if k not in own]
     wrong = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
              for k in own if k in sd and sd[k].shape != own[k].shape]
-    dtypes = [f"{k}: checkpoint {_dtype_name(sd[k].dtype)} vs model {_dtype_name(own[k].dtype)}"
-              for k in own if k in sd and not _dtype_fits(sd[k].dtype, own[k].dtype)]
-    if missing or unexpected or wrong or dtypes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (first: {missing[:5]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (first: {unexpected[:5]})")
-        if wrong:
-            parts.append(f"{len(wrong)} with wrong shapes (first: {wrong[:3]})")
-        if dtypes:
-            parts.append(f"{len(dtypes)} with wrong dtypes (first: {dtypes[:3]})")
+    dtypes = [f"{k}: checkpoint {sd[k].dtype} vs model {own[k].dtype}".replace("torch.", "") for k in own if k in sd
+              and not (sd[k].dtype.is_floating_point and own[k].dtype.is_floating_point or sd[k].dtype == own[k].dtype)]
+    parts = [f"{len(keys)} {what} (first: {keys[:shown]})" for keys, what, shown in (
+        (missing, "missing", 5), (unexpected, "unexpected", 5), (wrong, "with wrong shapes", 3),
+        (dtypes, "with wrong dtypes", 3)) if keys]
+    if parts:
         raise CheckpointError("checkpoint does not fit the model: " + "; ".join(parts))
     sd = {k: v.to(own[k].dtype) if v.dtype != own[k].dtype else v for k, v in sd.items()}
     model.load_state_dict(sd, strict=True, assign=True)
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:  # a tensor the checkpoint format does not carry would stay unallocated
         raise RuntimeError(f"model tensors not set by the checkpoint: {left[:5]}")
-
-
-def _dtype_fits(got: torch.dtype, want: torch.dtype) -> bool:
-    """Any floating precision for a floating model tensor; otherwise exactly the model's dtype."""
-    return (got.is_floating_point and want.is_floating_point) or got == want
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 def load_backbone_weights(model: VPRModel, source: str | os.PathLike | Mapping[str, Any]) -> VPRModel:

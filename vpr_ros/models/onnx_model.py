@@ -157,29 +157,11 @@ class OnnxModel:
         except Exception as exc:  # onnxruntime raises its own Fail / InvalidProtobuf / InvalidGraph types
             raise CheckpointError(f"{self.path} is not a usable ONNX model: {str(exc).strip().splitlines()[0]}") \
                 from exc
-        self.session = session
-        self.cfg = OnnxModelConfig(self.info.identity.arch, self.info.family)
+        self.session, self.identity, self.precision = session, self.info.identity, self.info.precision
+        self.image_size, self.descriptor_dim = self.identity.image_size, self.identity.descriptor_dim
+        self.checkpoint_sha256 = self.identity.checkpoint_sha256
+        self.cfg = OnnxModelConfig(self.identity.arch, self.info.family)
         self.providers: list[str] = self.session.get_providers()
-
-    @property
-    def identity(self) -> ModelIdentity:
-        return self.info.identity
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return self.info.identity.image_size
-
-    @property
-    def descriptor_dim(self) -> int:
-        return self.info.identity.descriptor_dim
-
-    @property
-    def checkpoint_sha256(self) -> str | None:
-        return self.info.identity.checkpoint_sha256
-
-    @property
-    def precision(self) -> str:
-        return self.info.precision
 
     @property
     def aggregator(self) -> Any:
