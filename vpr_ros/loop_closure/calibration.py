@@ -43,13 +43,12 @@ def calibrate(
 ) -> Calibration:
     """Threshold for a target false-positive rate, estimated from the map itself.
 
-    Each sampled place is queried against the map; among its top-``k`` results, places at least
-    ``min_separation_s`` apart in time and, when both have poses, ``min_distance_m`` apart in
-    space count as non-revisits. The threshold is the ``1 - target_fpr`` quantile of each
-    query's best non-revisit score: a query with no true revisit then produces a candidate
-    above it with probability ``target_fpr``. Queries whose top-``k`` are all revisits contribute
-    their ``k``-th score, an upper bound. Without poses, real revisits far apart in time
-    are counted as negatives, which makes the threshold conservative (too high), never lax.
+    Each sampled place is queried against the map; results at least ``min_separation_s`` apart in time
+    and, when both have poses, ``min_distance_m`` apart in space are non-revisits. The threshold is the
+    ``1 - target_fpr`` quantile of each query's best non-revisit score (its ``k``-th score, an upper
+    bound, when all top-``k`` are revisits): a query with no true revisit scores above it with
+    probability ``target_fpr``. Without poses, revisits far apart in time count as non-revisits, which
+    errs towards too high a threshold, never too low.
     """
     if not 0 < target_fpr < 1:
         raise InputError(f"target_fpr must be in (0, 1), got {target_fpr}")

@@ -75,8 +75,7 @@ class Decision:
 def temporally_consistent(history: Sequence[int | None], match_ns: int, k: int, window: float) -> bool:
     """True if at least ``k`` matches in ``history`` (stamps in nanoseconds, None = no match; the
     current match included) lie within ``window`` seconds of ``match_ns``."""
-    close = sum(1 for t in history if t is not None and abs(t - match_ns) <= window * NS_PER_S)
-    return close >= k
+    return sum(1 for t in history if t is not None and abs(t - match_ns) <= window * NS_PER_S) >= k
 
 
 class LoopClosureDetector:

@@ -31,8 +31,7 @@ MAX_MANIFEST_BYTES = 1 << 20  # manifests are ~1 KB; a bigger file is not read i
 
 @dataclass(frozen=True)
 class MapInfo:
-    """What a map folder's manifest says, read without loading the index (``vpr-ros map-info``,
-    choosing the query input size, deciding whether a map exists)."""
+    """What a map folder's manifest says, read without loading the index (``map-info``, the input size)."""
 
     path: Path  # the folder read: ``path`` itself, or ``path.bak`` after an interrupted save
     version: int
