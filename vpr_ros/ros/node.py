@@ -4,13 +4,12 @@
 this run, at most one per ``loop_pair_period``; ``~/global_pose`` (RTAB-Map's pose prior) only in
 localize mode, where the map frame is fixed, and only for cameras whose mounting is known.
 
-A thin shell: messages are converted by :mod:`vpr_ros.image_msgs`; the keyframe gate, the
-descriptor, the loop-closure decision, the ``~/matches`` record, the pose prior and the slam
-map upkeep come from :class:`vpr_ros.loop_closure.recognizer.PlaceRecognizer`.
+A thin shell around :class:`vpr_ros.loop_closure.recognizer.PlaceRecognizer` (keyframe gate, descriptor,
+loop-closure decision, ``~/matches`` record, pose prior, slam map upkeep).
 
-Concurrency: subscription callbacks only drop the message into a one-frame slot per camera (the
-newest frame wins, replaced frames are counted as dropped); one worker thread describes the waiting
-frames of all cameras in one batch, so the node never builds a backlog however slow the model is.
+Callbacks only drop the message into a one-frame slot per camera (the newest wins, the replaced one is
+counted as dropped); one worker thread describes the waiting frames of all cameras in one batch, so the
+node never builds a backlog however slow the model is.
 
 Run: ``python -m vpr_ros.ros.node --ros-args --params-file config/localize.yaml``.
 """
@@ -27,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import Point, PoseStamped, PoseWithCovarianceStamped
 from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
@@ -50,7 +48,7 @@ from vpr_ros.ros import node_shell
 from vpr_ros.ros import params as node_params
 from vpr_ros.ros.frame_slot import LatestSlot
 from vpr_ros.ros.node_stats import REJECTED, SAVE_FAILURES, NodeStats
-from vpr_ros.ros.params import PARAMS, RUNTIME, Camera, check_choice, loop_closure_config
+from vpr_ros.ros.params import PARAMS, RUNTIME, Camera, loop_closure_config
 from vpr_ros.ros.startup import StartupError, image_size_param, node_extractor
 from vpr_ros.types import Pose, ns_to_pair, to_ns
 
@@ -67,9 +65,6 @@ class LocalizeNode(Node):
         super().__init__(NODE_NAME)
         p = node_shell.declare_parameters(self, PARAMS)
         p["cameras"] = list(p["cameras"] or [])
-        for name in PARAMS:
-            if reason := check_choice(name, p[name]):
-                raise StartupError(reason)
         self.mode: str = p["mode"]
         self.map_frame: str = p["map_frame"]
         self.base_frame: str = p["base_frame"]
@@ -111,7 +106,6 @@ class LocalizeNode(Node):
         self.pub_global = self.create_publisher(PoseWithCovarianceStamped, "~/global_pose", 10)
         self.pub_matches = self.create_publisher(String, "~/matches", 10)
         self.pub_markers = self.create_publisher(MarkerArray, "~/markers", latched)
-        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
         qos = node_shell.camera_qos(p["reliable"])
         for cam in self.cameras:
@@ -125,7 +119,8 @@ class LocalizeNode(Node):
         self.create_service(Trigger, "~/save_map", self._on_save)
         self.create_service(Trigger, "~/reset", self._on_reset)
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        self.create_timer(1.0, self._publish_diagnostics)
+        node_shell.publish_diagnostics(self, self.describer, self.stats, lambda: (
+            f"{self.mode}, {len(self.map)} places", {"map places": len(self.map)}))
         if self.mode == "slam":
             self.create_timer(0.1, self._release_pair)
         self._warn_global_pose()
@@ -204,10 +199,7 @@ class LocalizeNode(Node):
 
     def _on_set_parameters(self, params: list) -> SetParametersResult:
         values = {name: self.get_parameter(name).value for name in RUNTIME}
-        for param in params:
-            if param.name in RUNTIME:
-                values[param.name] = param.value
-        values["mode"] = self.mode
+        values.update((param.name, param.value) for param in params if param.name in RUNTIME)
         try:
             config = loop_closure_config(values, self.mode, self.calibrated)
         except (ValueError, TypeError) as exc:
@@ -369,12 +361,6 @@ class LocalizeNode(Node):
             marker.points = [Point(x=float(x), y=float(y), z=float(z)) for x, y, z in ends]
             markers.append(marker)
         self.pub_markers.publish(MarkerArray(markers=markers))
-
-    def _publish_diagnostics(self) -> None:
-        values = {**self.stats.values(), "map places": len(self.map)}
-        health = self.describer.health(self.stats.status())
-        self.pub_diag.publish(node_shell.diagnostics(self, health, f"{self.mode}, {len(self.map)} places",
-                                                     str(self.extractor.device), {**values, **self.describer.values()}))
 
     # -- shutdown --------------------------------------------------------------------------------
 

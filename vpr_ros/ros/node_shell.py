@@ -28,7 +28,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from vpr_ros.errors import VprError
 from vpr_ros.extractor import DescriptorExtractor
 from vpr_ros.fast_path import DeviceFailure, FastPathGuard
-from vpr_ros.ros.node_stats import ERROR, WARN, Health
+from vpr_ros.ros.node_stats import ERROR, WARN, Health, NodeStats
 from vpr_ros.ros.params import Spec
 from vpr_ros.ros.startup import StartupError
 
@@ -37,7 +37,8 @@ RCLError = rclpy_implementation.RCLError
 
 
 def declare_parameters(node: Node, specs: Mapping[str, Spec]) -> dict[str, Any]:
-    """Declare each parameter with its type, range, choices and description; their values."""
+    """Declare each parameter with its type, range, choices and description; their values, a value not
+    among its choices refused (rclpy only shows the choices)."""
     for name, spec in specs.items():
         desc = ParameterDescriptor(description=spec.description, read_only=spec.read_only)
         if spec.range and isinstance(spec.default, float):
@@ -50,7 +51,11 @@ def declare_parameters(node: Node, specs: Mapping[str, Spec]) -> dict[str, Any]:
         # an empty list has no element type for rclpy: declare it as a string array without a value
         default = Parameter.Type.STRING_ARRAY if spec.default == [] else spec.default
         declare(node, name, default, desc, spec)
-    return {name: node.get_parameter_or(name).value for name in specs}
+    values = {name: node.get_parameter_or(name).value for name in specs}
+    for name, spec in specs.items():
+        if spec.choices and values[name] not in spec.choices:
+            raise StartupError(f"{name} must be one of {', '.join(spec.choices)}, got {values[name]!r}")
+    return values
 
 
 def declare(node: Node, name: str, default: Any, desc: ParameterDescriptor, spec: Spec) -> Any:
@@ -96,17 +101,26 @@ def camera_qos(reliable: bool) -> QoSProfile:
     return QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE) if reliable else qos_profile_sensor_data
 
 
-def diagnostics(node: Node, health: Health, message: str, hardware_id: str,
-                values: Mapping[str, Any]) -> DiagnosticArray:
-    """One ``<node>: pipeline`` status with the health's level, ``message`` (then the health's own
-    message) and ``values`` as key/value pairs."""
-    text = message + (f"; {health.message}" if health.message else "")
-    status = DiagnosticStatus(level=bytes([health.level]), name=f"{node.get_fully_qualified_name()}: pipeline",
-                              message=text, hardware_id=hardware_id,
-                              values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
-    msg = DiagnosticArray(status=[status])
-    msg.header.stamp = node.get_clock().now().to_msg()
-    return msg
+def publish_diagnostics(node: Node, describer: Describer, stats: NodeStats,
+                        summary: Callable[[], tuple[str, Mapping[str, Any]]]) -> None:
+    """Every second, one ``<node>: pipeline`` status on ``/diagnostics``: the stats' health with the model's
+    state on top, ``summary()``'s message (then the health's own), the stats' values, ``summary()``'s
+    values and the model's as key/value pairs."""
+    pub = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
+
+    def publish() -> None:
+        message, values = summary()
+        values = {**stats.values(), **values, **describer.values()}
+        health = describer.health(stats.status())
+        text = message + (f"; {health.message}" if health.message else "")
+        status = DiagnosticStatus(level=bytes([health.level]), name=f"{node.get_fully_qualified_name()}: pipeline",
+                                  message=text, hardware_id=str(describer.extractor.device),
+                                  values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = node.get_clock().now().to_msg()
+        pub.publish(msg)
+
+    node.create_timer(1.0, publish)
 
 
 class ClosableNode(Protocol):
@@ -145,13 +159,12 @@ def main(name: str, factory: Callable[[], ClosableNode], args: list[str] | None 
 
 
 class Describer:
-    """A node's model at run time. The worker thread calls :meth:`warm_up` before it takes its first
-    frame (``/diagnostics`` says "warming up" meanwhile): the batch path and, for each batch size the
-    cameras can form, frames of ``frame_size`` go through the model once, so on a GPU compilation and
-    CUDA-graph capture happen before the first real frame. Every describing step then runs through
-    :class:`~vpr_ros.fast_path.FastPathGuard`: a fast path that cannot be built is left for the
-    standard one (one ERROR, and WARN in ``/diagnostics``); a failed device ends the node (FATAL, the
-    process shuts down and exits non-zero after its usual close, e.g. the slam map's save)."""
+    """A node's model at run time. The worker thread calls :meth:`warm_up` before its first frame
+    ("warming up" in ``/diagnostics``): frames of ``frame_size`` in each batch size the cameras can form go
+    through the model once, so on a GPU compilation and CUDA-graph capture precede the first real frame.
+    Each step runs through :class:`~vpr_ros.fast_path.FastPathGuard`: a fast path that cannot be built
+    falls back to the standard one (one ERROR, WARN in ``/diagnostics``); a failed device ends the node
+    (FATAL, then its usual close, e.g. the slam map's save, and a non-zero exit)."""
 
     def __init__(self, node: Node, extractor: DescriptorExtractor, frame_size: Sequence[int], cameras: int = 1) -> None:
         self.node, self.extractor = node, extractor

@@ -106,14 +106,6 @@ def loop_closure_config(values: dict[str, Any], mode: str, calibrated: float | N
     )
 
 
-def check_choice(name: str, value: Any) -> str | None:
-    """Reason to reject ``value`` for ``name``, or None."""
-    spec = PARAMS[name]
-    if spec.choices and value not in spec.choices:
-        return f"{name} must be one of {', '.join(spec.choices)}, got {value!r}"
-    return None
-
-
 @dataclass(frozen=True)
 class Camera:
     """One camera of the node: its name (stored with places, "" for a single camera), topic, frame and

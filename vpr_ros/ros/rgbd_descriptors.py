@@ -1,18 +1,13 @@
 """ROS 2 node ``vpr_rgbd_descriptors``: this package's place descriptor in RTAB-Map's data path, so
 that RTAB-Map finds loop closures with it and verifies them with its own registration.
 
-It takes the ``rtabmap_msgs/RGBDImage`` stream of ``rgbd_sync`` on ``rgbd_image``, describes the
-colour image (raw ``rgb`` or JPEG ``rgb_compressed``, whichever is filled), sets
-``global_descriptor`` (type 1, one L2-normalised float32 row in RTAB-Map's compressed-matrix
-format, :mod:`vpr_ros.rtabmap_descriptors`) and republishes the message, header and everything
-else unchanged, on ``rgbd_image_vpr`` for RTAB-Map (``subscribe_rgbd``, ``rgbd_image:=rgbd_image_vpr``).
-A frame it cannot describe is dropped and counted, never passed on without a descriptor: RTAB-Map
-asserts when two nodes carry different numbers of global descriptors. Setup: docs/rtabmap.md.
-
-``rtabmap_msgs`` is imported only here, when the node starts, so the rest of the package never needs it.
-Like the localize node, the subscription callback only drops the message into a one-frame slot and
-one worker thread describes the newest waiting frame, so a slow model drops frames instead of
-delaying them.
+It takes ``rgbd_sync``'s ``rtabmap_msgs/RGBDImage`` stream on ``rgbd_image``, describes the colour
+image (raw ``rgb`` or JPEG ``rgb_compressed``, whichever is filled), sets ``global_descriptor`` (type 1,
+:mod:`vpr_ros.rtabmap_descriptors`) and republishes the message, otherwise unchanged, on
+``rgbd_image_vpr`` for RTAB-Map (``subscribe_rgbd``, ``rgbd_image:=rgbd_image_vpr``). A frame it cannot
+describe is dropped and counted, never passed on without a descriptor: RTAB-Map asserts when two nodes
+carry different numbers of global descriptors. As in the localize node, a one-frame slot between the
+callback and one worker thread drops frames instead of delaying them. Setup: docs/rtabmap.md.
 
 Run: ``python -m vpr_ros.ros.rgbd_descriptors --ros-args -p checkpoint:=model.pt``.
 """
@@ -24,7 +19,6 @@ import threading
 import time
 from typing import Any
 
-from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -36,7 +30,7 @@ from vpr_ros.image_msgs import image_to_rgb
 from vpr_ros.ros import node_shell
 from vpr_ros.ros.frame_slot import LatestSlot
 from vpr_ros.ros.node_stats import REJECTED, NodeStats
-from vpr_ros.ros.params import PARAMS, check_choice, frame_size
+from vpr_ros.ros.params import PARAMS, frame_size
 from vpr_ros.ros.startup import StartupError, image_size_param, node_extractor
 from vpr_ros.rtabmap_descriptors import DESCRIPTOR_TYPE, encode_descriptor
 
@@ -86,9 +80,6 @@ class RgbdDescriptorNode(Node):
     def __init__(self, rgbd_type: type) -> None:
         super().__init__(NODE_NAME)
         p = node_shell.declare_parameters(self, SPECS)
-        for name in SPECS:
-            if reason := check_choice(name, p[name]):
-                raise StartupError(reason)
         self.extractor = node_extractor(p["checkpoint"], p["model_config"], image_size_param(p["image_size"]),
                                         p["device"], p["precision"])
         self.describer = node_shell.Describer(self, self.extractor, frame_size(p["frame_size"]))
@@ -100,10 +91,10 @@ class RgbdDescriptorNode(Node):
             "frames received": lambda: self.slot.received, "frames dropped (busy)": lambda: self.slot.dropped})
 
         self.pub = self.create_publisher(rgbd_type, "rgbd_image_vpr", OUTPUT_QOS)
-        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_subscription(rgbd_type, "rgbd_image", self._on_rgbd, node_shell.camera_qos(p["reliable"]))
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        self.create_timer(1.0, self._publish_diagnostics)
+        summary = f"{self.topic_in} -> {self.topic_out}"
+        node_shell.publish_diagnostics(self, self.describer, self.stats, lambda: (summary, {}))
         self._worker = threading.Thread(target=self._work, name="vpr_rgbd_worker", daemon=True)
         self._worker.start()
         self.get_logger().info(
@@ -148,12 +139,6 @@ class RgbdDescriptorNode(Node):
         descriptor = self.describer.run(lambda: self.extractor.describe([rgb]))[0]
         self.stats.model_time.add(time.perf_counter() - start)
         set_global_descriptor(msg, descriptor)
-
-    def _publish_diagnostics(self) -> None:
-        health = self.describer.health(self.stats.status())
-        self.pub_diag.publish(node_shell.diagnostics(self, health, f"{self.topic_in} -> {self.topic_out}",
-                                                     str(self.extractor.device),
-                                                     {**self.stats.values(), **self.describer.values()}))
 
     def close(self) -> bool:
         """Stop the worker (a frame it is describing is still published); False after a device failure."""
