@@ -17,7 +17,7 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseWithCovarianceStamped
-from rclpy.executors import SingleThreadedExecutor
+from rclpy.executors import Executor, SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 
@@ -64,7 +64,7 @@ def play_and_collect(bag: Path, alive: Callable[[], bool], rate: float, timeout:
         def matched() -> bool:
             return all(s.get_publisher_count() > 0 for s in subs)
 
-        if not player.wait_for_subscribers(executor, timeout=timeout, alive=alive) or not _spin_until(
+        if not player.wait_for_subscribers(executor, timeout=timeout, alive=alive) or not spin_until(
                 executor, matched, 30.0, alive):
             raise RuntimeError("the node did not come up (see its log)")
         stats = player.play(executor)
@@ -72,7 +72,7 @@ def play_and_collect(bag: Path, alive: Callable[[], bool], rate: float, timeout:
         got.play_seconds = stats.seconds
         reports = got.reports
         # Done when a diagnostics report sent after the last frame accounts for every frame received.
-        _spin_until(executor, lambda: got.reports > reports + 1 and _idle(got.diagnostics), 60.0, alive)
+        spin_until(executor, lambda: got.reports > reports + 1 and _idle(got.diagnostics), 60.0, alive)
     finally:
         executor.remove_node(node)
         node.destroy_node()
@@ -87,7 +87,9 @@ def _keep_diagnostics(msg, got: Collected) -> None:
             got.reports += 1
 
 
-def _spin_until(executor, cond, timeout: float, alive) -> bool:
+def spin_until(executor: Executor, cond: Callable[[], bool], timeout: float = 30.0,
+               alive: Callable[[], bool] = lambda: True) -> bool:
+    """Spin ``executor`` until ``cond()`` holds, ``timeout`` s have passed or ``alive()`` fails; the last ``cond()``."""
     end = time.monotonic() + timeout
     while time.monotonic() < end and alive():
         if cond():

@@ -35,6 +35,8 @@ from std_msgs.msg import Float64MultiArray, String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from visualization_msgs.msg import MarkerArray  # noqa: E402
 
+from vpr_ros.ros.replay import spin_until  # noqa: E402
+
 
 def start_node(params: dict, extra_args: list[str] = (), params_file: Path | None = None,
                preexec_fn: Callable[[], None] | None = None, module: str = "vpr_ros.ros.node") -> subprocess.Popen:
@@ -94,16 +96,6 @@ def odom_msg(stamp: tuple[int, int], x: float, y: float = 0.0) -> Odometry:
     msg.pose.pose.position.x, msg.pose.pose.position.y = x, y
     msg.pose.pose.orientation.w = 1.0
     return msg
-
-
-def spin_until(executor: SingleThreadedExecutor, cond: Callable[[], bool], timeout: float = 30.0) -> bool:
-    """Spin ``executor`` until ``cond()`` holds or ``timeout`` s have passed; the last ``cond()``."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        executor.spin_once(timeout_sec=0.05)
-    return cond()
 
 
 class Client:
