@@ -1,19 +1,15 @@
 """Start the vpr_localize node: ``ros2 launch vpr_ros localize.launch.py [name:=value ...]``.
 
 Without arguments it runs in slam mode on the bundled demo model with a map under
-``$ROS_HOME/vpr_ros`` (``~/.ros`` by default), saved at shutdown. An argument left unset (its
-default, empty) keeps the params file's value (the same file works with
-``python -m vpr_ros.ros.node --ros-args --params-file config/localize.yaml``), and an argument this
-file does not declare stops the launch: launch itself would ignore a typo. What the arguments
-become is decided in :mod:`vpr_ros.ros.launch_args`, unit-tested without ROS.
+``$ROS_HOME/vpr_ros`` (``~/.ros`` by default), saved at shutdown. An argument left unset (empty) keeps
+the params file's value (the same file works with ``python -m vpr_ros.ros.node --ros-args --params-file
+config/localize.yaml``); an argument this file does not declare stops the launch, where launch itself
+would ignore a typo. What the arguments become is decided in :mod:`vpr_ros.ros.launch_args`.
 
 The node gets ``FASTDDS_DEFAULT_PROFILES_FILE`` set to ``dds_profile`` (default: the shipped
-``fastdds_large_frames.xml``, without which best-effort raw frames from a camera driver in another
-process are mostly lost; see docs/node.md, "DDS"). ``dds_profile:=none`` leaves the variable as
-the shell has it. Only the node is affected: give the camera driver the same profile.
-
-When the node exits the launch ends; when it fails (e.g. a missing checkpoint), ``ros2 launch``
-exits non-zero.
+``fastdds_large_frames.xml``, without which best-effort raw frames from another process are mostly
+lost; docs/node.md, "DDS"); ``dds_profile:=none`` leaves the shell's. Give the camera driver the same.
+When the node exits the launch ends; when it fails (e.g. a missing checkpoint), ``ros2 launch`` exits non-zero.
 """
 
 import os

@@ -1,18 +1,12 @@
 """Start the vpr_rgbd_descriptors node between rgbd_sync and RTAB-Map:
 ``ros2 launch vpr_ros rtabmap_descriptors.launch.py checkpoint:=model.pt [name:=value ...]``.
 
-The node subscribes ``rgbd_image`` (argument ``rgbd_image``, default ``rgbd_image``) and publishes
-the same messages with a global descriptor on ``rgbd_image_vpr`` (argument ``rgbd_image_vpr``);
-give RTAB-Map ``subscribe_rgbd:=true`` and the remap ``rgbd_image:=<rgbd_image_vpr>`` (docs/rtabmap.md).
-A parameter argument left unset (its default, empty) keeps the node's default; an argument this
-file does not declare stops the launch (launch itself would ignore a typo). What the arguments
-become is decided in :mod:`vpr_ros.ros.launch_args`, unit-tested without ROS.
-
-The node gets ``FASTDDS_DEFAULT_PROFILES_FILE`` set to ``dds_profile`` (default: the shipped
-``fastdds_large_frames.xml``: RGB-D frames are large, and best effort ones from another process
-are mostly lost without it, see docs/node.md, "DDS"); ``dds_profile:=none`` leaves the variable as
-the shell has it. Give rgbd_sync's process the same profile.
-
+The node subscribes ``rgbd_image`` (argument ``rgbd_image``) and publishes the same messages with a
+global descriptor on ``rgbd_image_vpr`` (argument ``rgbd_image_vpr``); give RTAB-Map
+``subscribe_rgbd:=true`` and the remap ``rgbd_image:=<rgbd_image_vpr>`` (docs/rtabmap.md). Unset
+(empty) parameter arguments keep the node's default; an undeclared argument stops the launch
+(:mod:`vpr_ros.ros.launch_args`). ``FASTDDS_DEFAULT_PROFILES_FILE`` is set as in localize.launch.py
+(``dds_profile``; large best-effort RGB-D frames need it): give rgbd_sync's process the same profile.
 When the node exits the launch ends; when it fails (e.g. no checkpoint), ``ros2 launch`` exits non-zero.
 """
 

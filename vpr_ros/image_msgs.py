@@ -1,36 +1,28 @@
 """Camera messages to RGB arrays: the one conversion path for live topics and for rosbag replay.
 
-Works on ``sensor_msgs/Image`` and ``sensor_msgs/CompressedImage`` objects from rclpy and from
-``rosbags`` alike (duck-typed: a ``format`` attribute means compressed, ``encoding`` means raw), so
-a map built offline from a bag sees exactly the pixels the live node would have seen.
+Works on ``sensor_msgs/Image`` and ``sensor_msgs/CompressedImage`` from rclpy and ``rosbags`` alike
+(duck-typed: ``format`` means compressed, ``encoding`` raw), so a map built offline from a bag sees
+exactly the pixels the live node would have seen.
 
-Decoding and every colour conversion are done by rosbags-image (``message_to_cvimage``). The code
-here only covers what that library lacks, and hands it a small stand-in message (:class:`_Raw`)
-where the real one would trip it up:
+rosbags-image (``message_to_cvimage``) decodes and converts colours; the code here covers what it
+lacks, handing it a stand-in message (:class:`_Raw`) where the real one would trip it up:
 
-* Validation: it checks no field against the data. Here the encoding, size, ``step`` and data
-  length (and a compressed image's header size, before decoding) are checked first, and any bad
-  input raises :class:`BadFrame` with a short ``reason`` a node can count, never anything else.
-* Row padding: it ignores ``step``, so padded rows would come out shifted; such rows are repacked
-  and the data cut to exactly the rows the image has.
-* 16-bit depth: it scales by ``255 / 65535``, so a 12-bit sensor unpacked into ``mono16`` would be
-  nearly black. The native 16-bit array is taken from it without conversion, brought to 8 bit by
-  :func:`to_uint8`, and handed back to it as the matching 8-bit encoding for the colour conversion.
-* ``nv12``/``nv21``: it reads only ``height`` rows and misses the chroma plane; the stand-in says
-  ``height * 3 / 2`` rows.
-* ``8UC1``/``8UC3``/``8UC4``: it passes generic encodings through unchanged (``8UC3`` as RGB,
-  ``8UC1`` not at all); they are given to it as ``mono8``/``bgr8``/``bgra8`` like cv_bridge reads
-  them.
-* Compressed: it asserts on undecodable bytes (a ``decode failed`` frame here), and converts every
-  decoded image from ``bgr8``; it is asked to decode only, then to convert as ``mono8``, ``bgr8``
-  or ``bgra8`` from the decoded channel count. OpenCV's decoder already reduces 16-bit PNGs to
-  8 bit by their top byte, so :func:`to_uint8` does not apply to compressed frames.
+* Validation: encoding, size, ``step``, data length (and a compressed image's header size, before
+  decoding) are checked first; bad input raises :class:`BadFrame` with a short ``reason``, never anything else.
+* Row padding: it ignores ``step``; padded rows are repacked to exactly the rows the image has.
+* 16-bit: it scales by ``255 / 65535`` (a 12-bit sensor in ``mono16`` would be nearly black); its native
+  16-bit array goes through :func:`to_uint8` and back to it as the matching 8-bit encoding.
+* ``nv12``/``nv21``: it reads only ``height`` rows; the stand-in says ``height * 3 / 2``.
+* ``8UC1``/``8UC3``/``8UC4``: it passes them through unchanged; they go in as ``mono8``/``bgr8``/``bgra8``
+  as cv_bridge reads them.
+* Compressed: it asserts on undecodable bytes (``decode failed`` here) and converts every decoded image
+  from ``bgr8``; it only decodes, then converts as ``mono8``, ``bgr8`` or ``bgra8`` by channel count.
+  OpenCV already reduces 16-bit PNGs to their top byte, so :func:`to_uint8` does not apply.
 * The result never shares memory with the message (rosbags-image returns a view for ``rgb8``).
 
-Supported raw encodings: ``rgb8 bgr8 rgba8 bgra8 mono8 8UC1 8UC3 8UC4``,
-``rgb16 bgr16 rgba16 bgra16 mono16 16UC1``, ``bayer_{rggb,bggr,gbrg,grbg}{8,16}``,
-``uyvy yuv422 yuyv yuv422_yuy2`` and ``nv12 nv21``. Compressed: whatever OpenCV decodes (JPEG,
-PNG, ...).
+Raw encodings: ``rgb8 bgr8 rgba8 bgra8 mono8 8UC1 8UC3 8UC4``, ``rgb16 bgr16 rgba16 bgra16 mono16
+16UC1``, ``bayer_{rggb,bggr,gbrg,grbg}{8,16}``, ``uyvy yuv422 yuyv yuv422_yuy2``, ``nv12 nv21``.
+Compressed: whatever OpenCV decodes (JPEG, PNG, ...).
 """
 
 from __future__ import annotations
@@ -80,11 +72,7 @@ _BIT_DEPTHS = (8, 10, 12, 14, 16)
 
 
 def image_to_rgb(msg: Any, max_pixels: int = 50_000_000) -> np.ndarray:
-    """RGB uint8 (H, W, 3) C-contiguous array of an Image or CompressedImage message.
-
-    The array never shares memory with the message. Raises :class:`BadFrame` and nothing else
-    for bad input.
-    """
+    """RGB uint8 (H, W, 3) C-contiguous copy of an Image or CompressedImage; bad input raises only :class:`BadFrame`."""
     try:
         if hasattr(msg, "format"):
             return _compressed_to_rgb(msg, max_pixels)
