@@ -99,12 +99,6 @@ class VPRLightningModule(pl.LightningModule):
         """Unit-norm float32 descriptors ``[B, D]`` (what ``VPRModel`` returns)."""
         return self.model(images)
 
-    def to_vpr_model(self) -> VPRModel:
-        """A standalone ``VPRModel`` (CPU, eval mode) with a copy of the current weights."""
-        net = VPRModel(self.model_config, init_weights=False)
-        net.load_state_dict(self.model.state_dict(), strict=True)
-        return net.eval()
-
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Checkpoints of the earlier module, which held backbone/aggregator itself, keep loading.
         sd = checkpoint.get("state_dict", {})

@@ -93,12 +93,8 @@ def pose_text(pose: Pose | None) -> str:
 
 def retrieval_tiles(pm: PlaceMap, scores: np.ndarray, ids: np.ndarray, bags: Sequence[Path] = (),
                     positives: set[int] | None = None) -> list[RetrievalTile]:
-    """One tile per result of one query (``scores``/``ids``: a row of :meth:`PlaceMap.search`).
-
-    Each place's image is read back through its ``source`` by :func:`vpr_ros.bags.reader.place_image`
-    (its frame in the source bag, or its image file); ``bags`` are where source bags are now if
-    they moved (matched by file name). Captions: id, stamp in seconds (ms) and, when known, pose.
-    """
+    """One tile per result of one query (``scores``/``ids``: a row of :meth:`PlaceMap.search`); each image is
+    read back by :func:`vpr_ros.bags.reader.place_image`, ``bags`` being where moved source bags are now."""
     from vpr_ros.bags.reader import place_image
     from vpr_ros.plotting.retrieval import RetrievalTile, thumbnail
 
