@@ -182,7 +182,7 @@ def test_generated_field_values_end_in_an_error_or_a_model(scratch: Path, edits:
     for (section, field), value in edits:
         target = options if not section else options.get(section)
         if isinstance(target, dict):
-            target[field] = value
+            target[field] = copy.deepcopy(value)  # a sampled {} is one object shared by every example
     _outcome(options, scratch)
 
 
