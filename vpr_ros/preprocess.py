@@ -156,9 +156,8 @@ def _as_sequence(images: object) -> Sequence:
     if isinstance(images, (str, os.PathLike, Image.Image)):
         raise TypeError("expected a sequence of images; wrap a single image in a list")
     if isinstance(images, np.ndarray) and images.ndim != 4:
-        raise TypeError(
-            f"a numpy batch must have shape (B, H, W, C), got {images.shape}; wrap a single image in a list"
-        )
+        raise TypeError(f"a numpy batch must have shape (B, H, W, C), got {images.shape}; wrap a single image "
+                        "in a list")
     if len(images) == 0:  # type: ignore[arg-type]
         raise InputError("no images given")
     return images  # type: ignore[return-value]
@@ -195,9 +194,8 @@ def _uint8_batch_chw(images: object) -> list[torch.Tensor]:
         images = _tensor_from_array(np.ascontiguousarray(images))
     if isinstance(images, torch.Tensor):
         if images.dtype != torch.uint8 or images.ndim != 4:
-            raise InputError(
-                f"expected a uint8 tensor [B, H, W, 3] or [B, 3, H, W], got {images.dtype} {tuple(images.shape)}"
-            )
+            raise InputError(f"expected a uint8 tensor [B, H, W, 3] or [B, 3, H, W], got {images.dtype} "
+                             f"{tuple(images.shape)}")
         last, second = images.shape[-1] == 3, images.shape[1] == 3
         if last and second:
             raise InputError(f"ambiguous layout for tensor of shape {tuple(images.shape)}")
@@ -221,11 +219,8 @@ def _tensor_from_array(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(array if array.flags.writeable else array.copy())
 
 
-def preprocess_fast(
-    images: Sequence[np.ndarray] | np.ndarray | torch.Tensor,
-    size: Sequence[int] = DEFAULT_IMAGE_SIZE,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
+def preprocess_fast(images: Sequence[np.ndarray] | np.ndarray | torch.Tensor, size: Sequence[int] = DEFAULT_IMAGE_SIZE,
+                    device: torch.device | str | None = None) -> torch.Tensor:
     """Approximate the official transform in batched torch; returns float32 [B, 3, H, W] on ``device``.
 
     ``images`` are RGB uint8 arrays (sizes may differ) or a uint8 tensor [B, H, W, 3] / [B, 3, H, W].

@@ -50,10 +50,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[StateDict, str]:
         return unwrap_state_dict(_read_safetensors(path, size), str(path)), file_sha256(path)
     is_zip = head[:4] == ZIP_MAGIC
     if is_zip and not _zip_intact(path):
-        raise CheckpointError(
-            f"{path} is truncated or corrupt ({size:,} bytes, zip archive incomplete or failing its "
-            "checksums); download or copy it again"
-        )
+        raise CheckpointError(f"{path} is truncated or corrupt ({size:,} bytes, zip archive incomplete or failing its "
+                              "checksums); download or copy it again")
     pickled = sniff(_zip_pickle_head(path) if is_zip else head)
     if not is_zip and pickled is not None and not pickled.torch_magic:
         objects = f"; it names {', '.join(pickled.names[:3])}," if pickled.names else ""
@@ -64,19 +62,16 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[StateDict, str]:
                                             f"loading does not read (protocols {WEIGHTS_ONLY_PROTOCOLS[0]} and "
                                             f"{WEIGHTS_ONLY_PROTOCOLS[-1]})", RESAVE))
     if not is_zip and head[:1] != b"\x80":
-        raise CheckpointError(
-            f"{path} is not a PyTorch checkpoint (starts with {head[:8]!r}); expected a file written "
-            "by torch.save, e.g. dino_salad.ckpt, or a .safetensors file"
-        )
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (starts with {head[:8]!r}); expected a file written "
+                              "by torch.save, e.g. dino_salad.ckpt, or a .safetensors file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as exc:
         refused = _refused_global(str(exc))
         if refused:
-            raise CheckpointError(
-                f"{path} holds Python objects besides tensors ({refused}) and is refused for safety "
-                "(checkpoints are loaded with weights_only=True); re-save only its state_dict"
-            ) from exc
+            raise CheckpointError(f"{path} holds Python objects besides tensors ({refused}) and is refused for "
+                                  "safety (checkpoints are loaded with weights_only=True); re-save only its "
+                                  "state_dict") from exc
         raise CheckpointError(f"{path} is truncated or corrupt (unreadable pickle data: {_reason(exc)})") from exc
     except _DAMAGED as exc:
         detail = _first_line(exc) if isinstance(exc, RuntimeError) else f"{type(exc).__name__}: {_first_line(exc)}"
@@ -127,11 +122,9 @@ _DAMAGED = (RuntimeError, EOFError, ValueError, LookupError, TypeError, Attribut
 # default", 2.5+ "Trying to load unsupported GLOBAL posix.system whose module posix is blocked",
 # 2.1-2.3 "Unsupported class x.y". Other complaints ("Unsupported operand 63", "Can only build ...
 # but got <class 'int'>") come from damaged bytes, not from a saved object.
-_REFUSED_PATTERNS = (
-    re.compile(r"Unsupported global: GLOBAL (\S+)"),
-    re.compile(r"unsupported GLOBAL (\S+) whose module \S+ is blocked", re.IGNORECASE),
-    re.compile(r"Unsupported class (\S+)"),
-)
+_REFUSED_PATTERNS = (re.compile(r"Unsupported global: GLOBAL (\S+)"),
+                     re.compile(r"unsupported GLOBAL (\S+) whose module \S+ is blocked", re.IGNORECASE),
+                     re.compile(r"Unsupported class (\S+)"))
 
 
 def _refused_global(message: str) -> str | None:
@@ -207,10 +200,9 @@ def check_values(sd: Mapping[str, torch.Tensor], name: str = "checkpoint") -> No
     bad = [k for k, t in sd.items() if t.is_floating_point() and t.numel() and not _all_finite(t)]
     if bad:
         first = [f"{k} ({'NaN' if _has_nan(sd[k]) else 'inf'})" for k in bad[:5]]
-        raise CheckpointError(
-            f"{name} holds NaN or inf in {len(bad)} tensor(s) (first: {first}): the weights are damaged "
-            "(diverged training or a failed conversion) and would make every descriptor NaN; use another checkpoint"
-        )
+        raise CheckpointError(f"{name} holds NaN or inf in {len(bad)} tensor(s) (first: {first}): the weights are "
+                              "damaged (diverged training or a failed conversion) and would make every descriptor "
+                              "NaN; use another checkpoint")
 
 
 def _all_finite(t: torch.Tensor) -> bool:

@@ -117,9 +117,8 @@ class A2GC(nn.Module):
     def log_assignment(self, feature_map: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Log transport plan with the dustbin row (not rescaled): ``[B, m + 1, n]``."""
         c = self.cfg
-        return asymmetric_ot_log_plan(
-            self.scores(feature_map), self.dust_bin, c.ot_iters, c.ot_reg, c.ot_temperature, mask
-        )
+        return asymmetric_ot_log_plan(self.scores(feature_map), self.dust_bin, c.ot_iters, c.ot_reg, c.ot_temperature,
+                                      mask)
 
     def forward(self, x: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None = None) -> torch.Tensor:
         feature_map, token = x

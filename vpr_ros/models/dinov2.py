@@ -75,23 +75,12 @@ class DinoVisionTransformer(VisionTransformer):
     """timm ViT with DINOv2's key layout and DINOv2's position resampling."""
 
     def __init__(self, cfg: DinoV2Config, init_weights: bool = True) -> None:
-        super().__init__(
-            img_size=cfg.img_size,
-            patch_size=PATCH_SIZE,
-            num_classes=0,
-            global_pool="token",
-            embed_dim=cfg.embed_dim,
-            depth=cfg.depth,
-            num_heads=cfg.num_heads,
-            mlp_ratio=4.0,
-            qkv_bias=True,
-            init_values=1.0,
-            dynamic_img_size=True,
-            norm_layer=partial(nn.LayerNorm, eps=1e-6),
-            act_layer=nn.GELU,
-            mlp_layer=SwiGLUFFN if cfg.ffn == "swiglu" else Mlp,
-            weight_init="" if init_weights else "skip",
-        )
+        super().__init__(img_size=cfg.img_size, patch_size=PATCH_SIZE, num_classes=0, global_pool="token",
+                         embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=4.0,
+                         qkv_bias=True, init_values=1.0, dynamic_img_size=True,
+                         norm_layer=partial(nn.LayerNorm, eps=1e-6), act_layer=nn.GELU,
+                         mlp_layer=SwiGLUFFN if cfg.ffn == "swiglu" else Mlp,
+                         weight_init="" if init_weights else "skip")
         # Unused at inference, but part of the official DINOv2 checkpoints (not of MegaLoc's).
         self.mask_token = nn.Parameter(torch.zeros(1, cfg.embed_dim)) if cfg.mask_token else None
 
@@ -99,10 +88,8 @@ class DinoVisionTransformer(VisionTransformer):
         """Patch-embed, prepend CLS, add the resampled position table: ``[B, 1 + h*w, C]``."""
         _, _, height, width = images.shape
         if height % PATCH_SIZE or width % PATCH_SIZE:
-            raise ValueError(
-                f"image sides must be multiples of {PATCH_SIZE}, got {height}x{width}; "
-                f"resize to e.g. {_nearest(height)}x{_nearest(width)}"
-            )
+            raise ValueError(f"image sides must be multiples of {PATCH_SIZE}, got {height}x{width}; "
+                             f"resize to e.g. {_nearest(height)}x{_nearest(width)}")
         x = self.patch_embed(images)  # [B, h, w, C] (dynamic size => NHWC)
         b, h, w, c = x.shape
         x = torch.cat([self.cls_token.expand(b, -1, -1), x.reshape(b, h * w, c)], dim=1)

@@ -109,16 +109,13 @@ def check_layout(sd: StateDict) -> None:
             raise CheckpointError("checkpoint has a backbone but no aggregator.* keys")
         return
     if {"cls_token", "pos_embed", "patch_embed.proj.weight"} <= sd.keys():
-        raise CheckpointError(
-            "this is a DINOv2 backbone-only checkpoint (keys cls_token, blocks.N.*), not a place-recognition "
-            "model; use it to initialise training with vpr_ros.models.load_backbone_weights"
-        )
+        raise CheckpointError("this is a DINOv2 backbone-only checkpoint (keys cls_token, blocks.N.*), not a "
+                              "place-recognition model; use it to initialise training with "
+                              "vpr_ros.models.load_backbone_weights")
     titles = " / ".join(cls.title for cls in FAMILIES)
     releases = " / ".join(f"'{p}*'" for p in BACKBONE_ALIASES[1:])
-    raise CheckpointError(
-        f"not a {titles} checkpoint: expected keys '{BACKBONE_PREFIX}*' (or the releases' {releases}) and "
-        f"'{AGG_PREFIX}*'; first unexpected keys: {foreign[:5]}"
-    )
+    raise CheckpointError(f"not a {titles} checkpoint: expected keys '{BACKBONE_PREFIX}*' (or the releases' "
+                          f"{releases}) and '{AGG_PREFIX}*'; first unexpected keys: {foreign[:5]}")
 
 
 # Reference constructor vocabulary -> our config fields.
@@ -214,12 +211,10 @@ def check_option(name: str, value: Any, where: str = "", source: str = "model op
     """Refuse a model option of the wrong type or out of its range (:data:`OPTIONS`) with an InputError
     that names ``source``, the field ``where`` it was given and what is accepted."""
     test, accepted = OPTIONS[name]
-    ok = bool(test(value))
-    if ok and name == "image_size":
-        try:
-            check_image_size(value)
-        except InputError:
-            ok = False
+    try:
+        ok = bool(test(value)) and (name != "image_size" or bool(check_image_size(value)))
+    except InputError:  # check_image_size: not multiples of the patch size, or too large
+        ok = False
     if not ok:
         raise InputError(f"{source}: field {where or name!r} is {_show(value)}, expected {accepted}")
 
@@ -318,17 +313,10 @@ def load_backbone_weights(model: VPRModel, source: str | os.PathLike | Mapping[s
     got = infer_backbone_config(sd, prefix="")
     want = model.cfg.backbone
     if (got.embed_dim, got.depth, got.ffn) != (want.embed_dim, want.depth, want.ffn):
-        raise CheckpointError(
-            f"DINOv2 weights are width {got.embed_dim}, depth {got.depth}, {got.ffn} FFN; "
-            f"the model's backbone is width {want.embed_dim}, depth {want.depth}, {want.ffn} FFN"
-        )
+        raise CheckpointError(f"DINOv2 weights are width {got.embed_dim}, depth {got.depth}, {got.ffn} FFN; "
+                              f"the model's backbone is width {want.embed_dim}, depth {want.depth}, {want.ffn} FFN")
     load_strict(model.backbone.model, sd)
     return model
-
-
-def sidecar_path(checkpoint: str | os.PathLike) -> Path:
-    """The ``.json`` that training's export writes next to a checkpoint (``model.pt`` -> ``model.json``)."""
-    return Path(checkpoint).with_suffix(".json")
 
 
 def read_model_options(checkpoint: Source, config: Source | None = None) -> dict[str, Any] | None:
@@ -340,7 +328,7 @@ def read_model_options(checkpoint: Source, config: Source | None = None) -> dict
         return dict(config)
     if config is None and isinstance(checkpoint, Mapping):
         return None  # an in-memory state dict has no sidecar
-    path = Path(config) if config is not None else sidecar_path(checkpoint)
+    path = Path(config) if config is not None else Path(checkpoint).with_suffix(".json")  # training's export writes it
     if config is None and not path.is_file():
         return None
     if not path.exists():

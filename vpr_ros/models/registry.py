@@ -53,31 +53,18 @@ MODELS: dict[str, ModelSpec] = {
     for spec in [
         ModelSpec("dino_salad", _salad("dinov2_vitb14", 64, 128, 256), _RELEASES + "dino_salad.ckpt"),
         ModelSpec("dino_salad_512_32", _salad("dinov2_vitb14", 16, 32, 32), "dino_salad_512_32.ckpt"),
-        ModelSpec(
-            "dino_salad_2048_64",
-            _salad("dinov2_vitb14", 32, 64, 64),
-            "dino_salad_2048_64.ckpt",
-            note="m x l = 2048; the split is read from the checkpoint when loading",
-        ),
-        ModelSpec(
-            "a2gc_vitb14",
-            ModelConfig(dinov2_config("dinov2_vitb14"), A2GCConfig(num_channels=768)),
-            None,
-            note="no trained A²GC checkpoint is published",
-        ),
-        ModelSpec(
-            "megaloc",
-            ModelConfig(dinov2_config("dinov2_vitb14", mask_token=False), MegaLocConfig()),
-            "https://huggingface.co/gberton/MegaLoc (model.safetensors)",
-            note="SALAD m=64 l=256 g=256 (16640-d) projected to 8448; other input sizes are resized "
-                 "to multiples of 14",
-        ),
-        ModelSpec(
-            "boq_dinov2_12288",
-            ModelConfig(dinov2_config("dinov2_vitb14", norm_layer=False, num_trainable_blocks=2), BoQConfig()),
-            "https://github.com/amaralibey/Bag-of-Queries/releases/download/v1.0/dinov2_12288.pth",
-            note="BoQ on the last block's patch tokens without the final LayerNorm; trained at 280x280",
-        ),
+        ModelSpec("dino_salad_2048_64", _salad("dinov2_vitb14", 32, 64, 64), "dino_salad_2048_64.ckpt",
+                  note="m x l = 2048; the split is read from the checkpoint when loading"),
+        ModelSpec("a2gc_vitb14", ModelConfig(dinov2_config("dinov2_vitb14"), A2GCConfig(num_channels=768)), None,
+                  note="no trained A²GC checkpoint is published"),
+        ModelSpec("megaloc", ModelConfig(dinov2_config("dinov2_vitb14", mask_token=False), MegaLocConfig()),
+                  "https://huggingface.co/gberton/MegaLoc (model.safetensors)",
+                  note="SALAD m=64 l=256 g=256 (16640-d) projected to 8448; other input sizes are resized "
+                       "to multiples of 14"),
+        ModelSpec("boq_dinov2_12288",
+                  ModelConfig(dinov2_config("dinov2_vitb14", norm_layer=False, num_trainable_blocks=2), BoQConfig()),
+                  "https://github.com/amaralibey/Bag-of-Queries/releases/download/v1.0/dinov2_12288.pth",
+                  note="BoQ on the last block's patch tokens without the final LayerNorm; trained at 280x280"),
     ]
 }
 

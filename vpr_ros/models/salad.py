@@ -59,10 +59,8 @@ class SaladConfig(AggregatorConfig):
         patches = (height // PATCH_SIZE) * (width // PATCH_SIZE)
         if patches <= self.num_clusters:
             side = (int(self.num_clusters**0.5) + 1) * PATCH_SIZE
-            raise ValueError(
-                f"a {height}x{width} image gives {patches} patches, but SALAD needs more patches than "
-                f"clusters ({self.num_clusters}); use at least {side}x{side}"
-            )
+            raise ValueError(f"a {height}x{width} image gives {patches} patches, but SALAD needs more patches than "
+                             f"clusters ({self.num_clusters}); use at least {side}x{side}")
 
     @classmethod
     def from_state_dict(cls, sd: StateDict, backbone: DinoV2Config, opts: Options) -> tuple[DinoV2Config, SaladConfig]:

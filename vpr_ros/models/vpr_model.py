@@ -55,10 +55,8 @@ class VPRModel(nn.Module):
     def __init__(self, cfg: ModelConfig = ModelConfig(), init_weights: bool = True) -> None:
         super().__init__()
         if cfg.aggregator.num_channels != cfg.backbone.embed_dim:
-            raise ValueError(
-                f"aggregator expects {cfg.aggregator.num_channels} channels but the backbone "
-                f"width is {cfg.backbone.embed_dim}"
-            )
+            raise ValueError(f"aggregator expects {cfg.aggregator.num_channels} channels but the backbone "
+                             f"width is {cfg.backbone.embed_dim}")
         self.cfg = cfg
         self.backbone = DinoV2Backbone(cfg.backbone, init_weights=init_weights)
         self.aggregator = cfg.aggregator.build()
@@ -74,10 +72,8 @@ class VPRModel(nn.Module):
             raise ValueError(f"expected images [B, 3, H, W], got shape {tuple(images.shape)}")
         h, w = self.cfg.aggregator.input_size(*images.shape[-2:])  # the size forward_features runs at
         if h % PATCH_SIZE or w % PATCH_SIZE:
-            raise ValueError(
-                f"image sides must be multiples of {PATCH_SIZE}, got {h}x{w} "
-                f"(e.g. 322x322 = 23x23 patches)"
-            )
+            raise ValueError(f"image sides must be multiples of {PATCH_SIZE}, got {h}x{w} "
+                             f"(e.g. 322x322 = 23x23 patches)")
         self.cfg.aggregator.check_patches(h, w)
 
     def forward_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
