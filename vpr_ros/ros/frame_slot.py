@@ -18,12 +18,12 @@ import numpy as np
 T = TypeVar("T")
 
 
-def _locked(name: str) -> property:
-    """The attribute ``name`` of a :class:`LatestSlot`, read under its lock."""
+def _locked(name: str, lock: str = "_cond") -> property:
+    """The attribute ``name``, read under the lock held in the attribute ``lock``."""
 
-    def read(slot: LatestSlot) -> Any:
-        with slot._cond:
-            return getattr(slot, name)
+    def read(owner: Any) -> Any:
+        with getattr(owner, lock):
+            return getattr(owner, name)
 
     return property(read)
 
@@ -117,11 +117,7 @@ class LatencyStats:
             self._values[self._count % len(self._values)] = seconds
             self._count += 1
 
-    @property
-    def count(self) -> int:
-        """Samples added since creation (the window holds at most ``window`` of them)."""
-        with self._lock:
-            return self._count
+    count = _locked("_count", "_lock")  # samples added since creation (the window holds the last ``window``)
 
     def __len__(self) -> int:
         with self._lock:
