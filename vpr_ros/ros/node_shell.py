@@ -70,19 +70,11 @@ def declare(node: Node, name: str, default: Any, desc: ParameterDescriptor, spec
 def accepted(spec: Spec) -> str:
     """What a parameter accepts, in words, for error messages."""
     value = spec.default
-    if isinstance(value, bool):
-        kind = "true or false"
-    elif isinstance(value, int):
-        kind = "an integer"
-    elif isinstance(value, float):
-        kind = "a number written with a decimal point (1.0, not 1)"
-    elif isinstance(value, str):
-        kind = "a string"
-    elif not value:
-        kind = "a list of strings"
-    else:
-        whole = isinstance(value[0], int)
-        kind = "a list of integers" if whole else "a list of numbers with decimal points (1.0, not 1)"
+    kind = {bool: "true or false", int: "an integer", float: "a number written with a decimal point (1.0, not 1)",
+            str: "a string"}.get(type(value))
+    if kind is None:  # a list
+        kind = ("a list of strings" if not value else "a list of integers" if isinstance(value[0], int)
+                else "a list of numbers with decimal points (1.0, not 1)")
     if spec.range:
         kind += f" in [{spec.range[0]:g}, {spec.range[1]:g}]"
     if spec.choices:
