@@ -60,12 +60,8 @@ def play_and_collect(bag: Path, alive: Callable[[], bool], rate: float, timeout:
         ]
         node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: _keep_diagnostics(m, got), 10)
         player = BagPlayer(node, messages, types, rate)
-
-        def matched() -> bool:
-            return all(s.get_publisher_count() > 0 for s in subs)
-
         if not player.wait_for_subscribers(executor, timeout=timeout, alive=alive) or not spin_until(
-                executor, matched, 30.0, alive):
+                executor, lambda: all(s.get_publisher_count() > 0 for s in subs), 30.0, alive):
             raise RuntimeError("the node did not come up (see its log)")
         stats = player.play(executor)
         got.frames_sent = sum(n for t, n in stats.published.items() if types[t] in IMAGE_TYPES)
