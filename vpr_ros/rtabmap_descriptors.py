@@ -1,15 +1,12 @@
 """RTAB-Map's global descriptor wire format, without ROS: a descriptor as the ``data`` bytes of
 ``rtabmap_msgs/GlobalDescriptor``.
 
-RTAB-Map (>= 0.21.5) stores the global descriptor of each ``RGBDImage`` with its node and, with
+RTAB-Map (>= 0.21.5) keeps each ``RGBDImage``'s global descriptor with its node and, with
 ``Kp/TfIdfLikelihoodUsed: false``, scores loop hypotheses by ``(dot + 1) / 2`` of two type-1
-descriptors (``Signature::compareTo``), which assumes unit vectors. It reads ``data`` with its
-``uncompressData``: the zlib stream of the raw matrix bytes, then three native-endian int32
-(rows, cols, OpenCV type). This module writes exactly what its ``compressData`` writes for one
-float32 row: zlib's ``compress()`` (default level) of the row, then ``1, D, CV_32FC1``.
-
-Only descriptors RTAB-Map can use pass: a descriptor that is not one finite unit-norm row raises
-:class:`InputError`, since RTAB-Map would assert on it (or silently score garbage) far from here.
+descriptors (``Signature::compareTo``), which assumes unit vectors. Its ``uncompressData`` reads the
+zlib stream of the raw matrix bytes, then three native-endian int32 (rows, cols, OpenCV type); this
+module writes what its ``compressData`` writes for one float32 row. A descriptor that is not one finite
+unit-norm row raises :class:`InputError` here, where RTAB-Map would assert (or score garbage) far away.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """What a node reports in ``/diagnostics``: its counters, its latencies and the health they add up to.
 
-A node that rejects every frame (a model that outputs NaN, a camera sending an unsupported encoding) or
-cannot save its map must not report OK: the health follows the last ``window`` frames and the last save.
-Counts a part of the node keeps for itself (the frame slot's, the keyframe gate's, the pair pacer's) are
-read at their place in the report (``readers``), so one object owns the whole report and its order.
+A node that rejects every frame (a model that outputs NaN, an unsupported encoding) or cannot save its
+map must not report OK. Counts other parts of the node keep (the frame slot's, the keyframe gate's, the
+pair pacer's) are read at their place in the report (``readers``): one object owns the report and its order.
 """
 
 from __future__ import annotations

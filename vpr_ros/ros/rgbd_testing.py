@@ -2,17 +2,16 @@
 publisher process for them.
 
 ``rgbd_sync`` (rtabmap_ros, ``rtabmap_sync/src/nodelets/rgbd_sync.cpp``) fills either the raw pair
-(``rgb`` in the camera's encoding, ``depth`` 16UC1 or 32FC1) or, on ``rgbd_image/compressed``, the
-compressed pair: ``rgb_compressed`` from cv_bridge's ``toCompressedImageMsg(..., JPG)`` (format
-``"jpg"``, OpenCV's JPEG of the BGR image at its default quality) and ``depth_compressed`` as a PNG
-(format ``"png"``); both with the camera info of the colour camera and the header of the newer image.
+(``rgb`` in the camera's encoding, ``depth`` 16UC1 or 32FC1) or, on ``rgbd_image/compressed``,
+``rgb_compressed`` (cv_bridge's ``toCompressedImageMsg(..., JPG)``: format ``"jpg"``, OpenCV's default
+JPEG of the BGR image) and ``depth_compressed`` (``"png"``); both with the colour camera's info and the
+newer image's header.
 
-Run as a module (``python -m vpr_ros.ros.rgbd_testing TOPIC``) it is the publisher process of the tests and
-benchmark: best effort (sensor data QoS), it prints ``ready`` once a subscriber matched, then reads
-commands on stdin, one per line, publishes and prints ``sent``: ``raw|jpg PHOTO SEC NSEC`` (a photo
-of :data:`PHOTOS`), ``empty SEC NSEC`` (no colour image), ``garbage SEC NSEC`` (a broken JPEG).
-Large best-effort frames between processes need the shipped Fast DDS profile in both processes
-(``FASTDDS_DEFAULT_PROFILES_FILE``, docs/node.md "DDS"); the environment passes it on.
+``python -m vpr_ros.ros.rgbd_testing TOPIC`` is the tests' and benchmark's publisher: best effort, it
+prints ``ready`` once a subscriber matched, then publishes one frame per stdin line and prints ``sent``:
+``raw|jpg PHOTO SEC NSEC`` (a photo of :data:`PHOTOS`), ``empty SEC NSEC`` (no colour image), ``garbage
+SEC NSEC`` (a broken JPEG). Large best-effort frames between processes need the shipped Fast DDS profile
+in both (``FASTDDS_DEFAULT_PROFILES_FILE``, docs/node.md "DDS"); the environment passes it on.
 """
 
 from __future__ import annotations
