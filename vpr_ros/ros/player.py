@@ -120,9 +120,8 @@ class BagPlayer:
                  qos: QoSProfile = RELIABLE, remap: dict[str, str] | None = None) -> None:
         if rate <= 0:
             raise ValueError(f"rate must be > 0, got {rate}")
-        self.node, self.messages, self.types, self.rate = node, messages, types, rate
-        remap = remap or {}
-        self.publishers = {topic: node.create_publisher(message_class(t), remap.get(topic, topic), qos)
+        self.messages, self.types, self.rate = messages, types, rate
+        self.publishers = {topic: node.create_publisher(message_class(t), (remap or {}).get(topic, topic), qos)
                            for topic, t in types.items()}
 
     def wait_for_subscribers(self, executor: Executor, topics: Sequence[str] | None = None, timeout: float = 60.0,
