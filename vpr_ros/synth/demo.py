@@ -116,6 +116,12 @@ def _query_ns(match: dict) -> int:
     return stamp["sec"] * 10**9 + stamp["nanosec"]
 
 
+def _truth(route: Route) -> dict[int, np.ndarray]:
+    """Ground-truth x, y of each query frame by its stamp (ns)."""
+    run = route.query_run
+    return {int(s): p[:2] for s, p in zip(run.frame_stamps_ns, run.frame_positions, strict=True)}
+
+
 # -- scoring ---------------------------------------------------------------------------------------------
 
 
@@ -124,17 +130,15 @@ def evaluate(route: Route, map_xy: np.ndarray, got: Collected, threshold: float,
     """Score every answered frame against ground truth; also return one row per loop closure
     (query and matched positions, correct or not) for the plot."""
     radius = route.spec.radius_m
-    run = route.query_run
-    truth = {int(s): p[:2] for s, p in zip(run.frame_stamps_ns, run.frame_positions, strict=True)}
+    truth = _truth(route)
     answered = [m for m in got.matches if _query_ns(m) in truth]
     pos = np.array([_near_map(truth[_query_ns(m)], map_xy, radius) for m in answered], dtype=bool)
     accepted = [m for m in answered if m["accepted_id"] is not None]
-    correct = [_accepted_correct(m, truth, radius) for m in accepted]
     neg_hits = sum(not _near_map(truth[_query_ns(m)], map_xy, radius) for m in accepted)
     top1 = [_top1_correct(m, truth, radius) for m, p in zip(answered, pos, strict=True) if p]
     errors = np.array([np.linalg.norm(xyz[:2] - truth[ns]) for ns, xyz in got.poses if ns in truth])
     lines = _match_lines(accepted, truth, radius)
-    tp = int(sum(correct))
+    tp = sum(row["correct"] for row in lines)  # an accepted place without a pose is never correct
     metrics = Metrics(
         radius_m=radius, threshold=threshold, frames_sent=got.frames_sent, frames_processed=len(answered),
         positives=int(pos.sum()), negatives=int((~pos).sum()), accepted=len(accepted), correct=tp,
@@ -151,11 +155,6 @@ def evaluate(route: Route, map_xy: np.ndarray, got: Collected, threshold: float,
 
 def _near_map(xy: np.ndarray, map_xy: np.ndarray, radius: float) -> bool:
     return bool(len(map_xy) and np.min(np.linalg.norm(map_xy - xy, axis=1)) <= radius)
-
-
-def _accepted_correct(match: dict, truth: dict, radius: float) -> bool:
-    cand = next(c for c in match["candidates"] if c["id"] == match["accepted_id"])
-    return _candidate_correct(cand, truth[_query_ns(match)], radius)
 
 
 def _top1_correct(match: dict, truth: dict, radius: float) -> bool:
@@ -250,9 +249,8 @@ def plot_trajectory(route: Route, map_xy: np.ndarray, got: Collected, metrics: M
 
 
 def _plot_scores(ax, route: Route, got: Collected, metrics: Metrics) -> None:
-    run = route.query_run
-    truth = {int(s): p[:2] for s, p in zip(run.frame_stamps_ns, run.frame_positions, strict=True)}
-    t0 = run.stamps_ns[0]
+    run, truth = route.query_run, _truth(route)
+    t0 = int(run.stamps_ns[0])
     rows = [(m, truth[_query_ns(m)]) for m in got.matches if _query_ns(m) in truth and m["candidates"]]
     t = np.array([(_query_ns(m) - t0) * 1e-9 for m, _ in rows])
     score = np.array([m["candidates"][0]["score"] for m, _ in rows])
@@ -260,7 +258,7 @@ def _plot_scores(ax, route: Route, got: Collected, metrics: Metrics) -> None:
     if len(rows):
         ax.scatter(t[ok], score[ok], s=6, color="tab:green", label="best candidate within radius")
         ax.scatter(t[~ok], score[~ok], s=6, color="tab:red", label="best candidate elsewhere")
-    novel = [(_seconds(s, t0)) for s, v in zip(run.frame_stamps_ns, run.views, strict=True) if v.segment == "novel"]
+    novel = [(int(s) - t0) * 1e-9 for s, v in zip(run.frame_stamps_ns, run.views, strict=True) if v.segment == "novel"]
     if novel:
         ax.axvspan(min(novel), max(novel), color="0.9", zorder=0, label="unmapped street")
     ax.axhline(metrics.threshold, color="k", lw=1, ls="--", label=f"threshold {metrics.threshold:.3f}")
@@ -268,10 +266,6 @@ def _plot_scores(ax, route: Route, got: Collected, metrics: Metrics) -> None:
     ax.set_ylabel("cosine similarity of the best map place")
     ax.legend(fontsize=7, loc="lower left")
     ax.grid(alpha=0.3)
-
-
-def _seconds(stamp_ns: int, t0: int) -> float:
-    return (int(stamp_ns) - int(t0)) * 1e-9
 
 
 def title_of(m: Metrics, note: str) -> str:
@@ -302,15 +296,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _ros_environment() -> None:
-    """DDS on loopback and a domain of its own unless the caller chose (as ``make demo`` does)."""
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 101)))
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    _ros_environment()
+    # DDS on loopback and a domain of its own unless the caller chose (as ``make demo`` does)
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 101)))
     started = time.perf_counter()
     note = MODEL_NOTE if args.checkpoint == MODEL_CHECKPOINT.resolve() else f"{args.checkpoint.name}"
     out = args.out.resolve()
