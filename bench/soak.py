@@ -67,7 +67,8 @@ from std_srvs.srv import Trigger  # noqa: E402
 from vpr_ros.errors import VprError  # noqa: E402
 from vpr_ros.maps.place_map import PlaceMap  # noqa: E402
 from vpr_ros.preprocess import load_image  # noqa: E402
-from vpr_ros.ros.testing import spin_until, start_node, stop_node  # noqa: E402
+from vpr_ros.ros.replay import spin_until  # noqa: E402
+from vpr_ros.ros.testing import start_node, stop_node  # noqa: E402
 
 DEMO = REPO / "vpr_ros" / "synth" / "data" / "models" / "demo_salad.pt"
 PHOTOS = sorted((REPO / "vpr_ros" / "synth" / "data" / "scenes").glob("*.jpg"))
